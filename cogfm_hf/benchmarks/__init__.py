@@ -1,0 +1,1 @@
+"""Benchmark scripts (`python -m cogfm_hf.benchmarks.<name>`): measurements, not tests."""
