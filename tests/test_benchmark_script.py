@@ -1,0 +1,27 @@
+"""The benchmark is a script, not a timed test; this only checks that it still runs and reports."""
+
+import json
+
+from cogfm_hf.benchmarks import model_speed
+from cogfm_hf.benchmarks.model_speed import llama_twin
+
+from cogfm_hf import CogFMConfig, CogFMForCausalLM
+from transformers import LlamaForCausalLM
+
+
+def test_llama_twin_has_identical_shape():
+    config = CogFMConfig.from_preset("cogfm-tiny")
+    cogfm, llama = CogFMForCausalLM(config), LlamaForCausalLM(llama_twin(config))
+    assert {n: p.shape for n, p in cogfm.named_parameters()} == {n: p.shape for n, p in llama.named_parameters()}
+
+
+def test_benchmark_script_reports_both_models(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    model_speed.main(["--precisions", "fp32", "--batch-size", "2", "--seq-len", "16", "--new-tokens", "4",
+                      "--warmup", "0", "--repeats", "2", "--json", str(out)])
+    (result,) = json.loads(out.read_text())
+    assert result["precision"] == "fp32" and result["parameters"] == 5770496
+    for phase in ("train", "decode"):
+        assert set(result[phase]["tokens_per_s"]) == {"cogfm", "llama"}
+        assert result[phase]["ratio_min"] <= result[phase]["ratio_median"] <= result[phase]["ratio_max"]
+    assert "| cpu | fp32 |" in capsys.readouterr().out
