@@ -1,0 +1,26 @@
+"""Generated reasoning tasks with a difficulty knob, a verifier, held-out templates and retry data.
+
+    from cogfm_hf.tasks import TASKS
+    example = next(TASKS["chains"].generate(seed=0, op=5))
+    TASKS["chains"].verify(example, "... so the answer is 7")
+"""
+
+from .arithmetic import ArithmeticTask
+from .base import BACK, Example, ReasoningTask
+from .chains import ChainsTask
+from .code_trace import CodeTraceTask
+from .logic import LogicTask
+from .mixture import Mixture, MixtureComponent
+from .retry import add_retries, strip_retries
+
+TASKS: dict[str, ReasoningTask] = {task.name: task for task in (ChainsTask(), ArithmeticTask(), LogicTask(), CodeTraceTask())}
+
+
+def get_task(name: str) -> ReasoningTask:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+    return TASKS[name]
+
+
+__all__ = ["TASKS", "get_task", "Example", "ReasoningTask", "BACK", "Mixture", "MixtureComponent",
+           "add_retries", "strip_retries"]

@@ -1,0 +1,62 @@
+"""python -m cogfm_hf.tasks export [--out DIR] [--per-bucket N] [--check]
+python -m cogfm_hf.tasks sample TASK [--n 3] [--seed 0] [--retry-p 0.3] [--knob op=6 ...]"""
+
+import argparse
+import ast
+import random
+import sys
+from pathlib import Path
+
+from . import TASKS, add_retries, get_task
+from .export import DEFAULT_DIR, export, stale_files
+
+
+def parse_knob(text: str):
+    name, _, value = text.partition("=")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m cogfm_hf.tasks", description="Reasoning task generators")
+    commands = parser.add_subparsers(dest="command", required=True)
+    export_parser = commands.add_parser("export", help="write the fixed held-out test sets for eval_tasks/")
+    export_parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
+    export_parser.add_argument("--per-bucket", type=int, default=200)
+    export_parser.add_argument("--check", action="store_true", help="only check that the files are up to date")
+    sample_parser = commands.add_parser("sample", help="print generated examples")
+    sample_parser.add_argument("task", choices=sorted(TASKS))
+    sample_parser.add_argument("--n", type=int, default=3)
+    sample_parser.add_argument("--seed", type=int, default=0)
+    sample_parser.add_argument("--split", choices=["train", "heldout"], default="train")
+    sample_parser.add_argument("--retry-p", type=float, default=0.0)
+    sample_parser.add_argument("--retry-variant", choices=["real", "weak"], default="real")
+    sample_parser.add_argument("--knob", action="append", default=[], type=parse_knob, metavar="NAME=VALUE")
+    args = parser.parse_args(argv)
+
+    if args.command == "export":
+        if args.check:
+            stale = stale_files(args.out, TASKS, args.per_bucket)
+            if stale:
+                sys.exit(f"{len(stale)} file(s) in {args.out} differ from the generators: {stale[:5]}; "
+                         "run `python -m cogfm_hf.tasks export` and commit the result (bump EXPORT_VERSION).")
+            print(f"{args.out}: up to date")
+            return
+        written = export(args.out, TASKS, args.per_bucket)
+        print(f"wrote {len(written)} files to {args.out}")
+        return
+
+    task = get_task(args.task)
+    generator = task.generate(args.seed, args.split, **dict(args.knob))
+    rng = random.Random(args.seed)
+    for _ in range(args.n):
+        example = next(generator)
+        if args.retry_p:
+            example = add_retries(example, task, args.retry_p, rng, args.retry_variant)
+        print(f"# difficulty {example.difficulty}, template {example.template_id}\n{example.text}")
+
+
+if __name__ == "__main__":
+    main()

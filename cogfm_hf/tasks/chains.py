@@ -1,0 +1,127 @@
+"""Dependency chains ("iGSM-lite", after Physics of Language Models Part 2.1).
+
+Format:
+
+    Mod 10. ka=3. lo=ka*ru. ru=5. bi=lo+ka. te=ru-ka. Find bi.
+    lo=ka*ru=3*5=5.
+    bi=lo+ka=5+3=8.
+    Answer: 8
+
+A random DAG of variables, each a constant or one operator (+ - *) mod P over 2..max_in_degree
+earlier variables. `op` operations are necessary for the queried variable (each uses the one before,
+so all are needed); `distractors` statements are not. The solution computes exactly the necessary
+operations in dependency order. Knobs: op, distractors, shuffle, modulus, max_in_degree,
+max_statements (caps the prompt: distractors are dropped to fit, which is how out-of-distribution
+buckets keep prompts in the training length range while op grows).
+"""
+
+from __future__ import annotations
+
+import random
+
+from .base import Example, ReasoningTask, check_range, draw, template_id
+
+CONSONANTS = "bdfgklmnprstvz"
+VOWELS = "aeiou"
+NAMES = [c + v for c in CONSONANTS for v in VOWELS]  # 70 two-letter names
+OPERATORS = "+-*"
+
+
+def apply(operator: str, values: list[int], modulus: int) -> int:
+    result = values[0]
+    for value in values[1:]:
+        result = result + value if operator == "+" else result - value if operator == "-" else result * value
+    return result % modulus
+
+
+class ChainsTask(ReasoningTask):
+    name = "chains"
+    difficulty_knob = "op"
+    default_knobs = dict(op=4, distractors=(0, 14), shuffle=True, modulus=10, max_in_degree=2, max_statements=None)
+    train_knobs = dict(op=(1, 8))
+    buckets = {
+        **{f"op{k}": ("id", dict(op=k)) for k in (2, 4, 6, 8)},
+        # Deeper than training, same prompt length range: fewer distractors.
+        **{f"op{k}": ("ood", dict(op=k, max_statements=24)) for k in (10, 12, 14)},
+    }
+
+    def check_knobs(self, knobs):
+        knobs["op"] = check_range(self.name, "op", knobs["op"], 1)
+        knobs["distractors"] = check_range(self.name, "distractors", knobs["distractors"], 0)
+        if not isinstance(knobs["modulus"], int) or knobs["modulus"] < 2:
+            raise ValueError(f"{self.name}: knob 'modulus' must be an integer >= 2, got {knobs['modulus']!r}")
+        if not isinstance(knobs["max_in_degree"], int) or knobs["max_in_degree"] < 2:
+            raise ValueError(f"{self.name}: knob 'max_in_degree' must be an integer >= 2, got {knobs['max_in_degree']!r}")
+        if knobs["max_statements"] is not None and knobs["max_statements"] < 1:
+            raise ValueError(f"{self.name}: knob 'max_statements' must be >= 1 or None, got {knobs['max_statements']!r}")
+
+    def sample(self, rng: random.Random, knobs: dict) -> Example:
+        op, modulus = draw(rng, knobs["op"]), knobs["modulus"]
+        names = iter(rng.sample(NAMES, len(NAMES)))
+        values: dict[str, int] = {}
+        definitions: dict[str, tuple[str, list[str]] | None] = {}  # None = constant
+        steps: list[tuple[str, str, list[str]]] = []  # necessary operations, in solution order
+        shape = []
+
+        def new_constant() -> str:
+            name = next(names)
+            values[name], definitions[name] = rng.randrange(modulus), None
+            return name
+
+        for k in range(op):
+            degree = rng.randint(2, knobs["max_in_degree"])
+            operands = [steps[-1][0]] if steps else [new_constant()]
+            while len(operands) < degree:
+                known = [n for n in values if n not in operands]
+                operands.append(rng.choice(known) if known and rng.random() < 0.5 else new_constant())
+            operator, target = rng.choice(OPERATORS), next(names)
+            values[target] = apply(operator, [values[o] for o in operands], modulus)
+            definitions[target] = (operator, operands)
+            steps.append((target, operator, operands))
+            step_index = {s[0]: i for i, s in enumerate(steps)}
+            shape.append(operator + "(" + ",".join(f"s{step_index[o]}" if o in step_index else "c" for o in operands) + ")")
+
+        necessary_statements = len(definitions)
+        n_distractors = draw(rng, knobs["distractors"])
+        if knobs["max_statements"] is not None:
+            n_distractors = max(0, min(n_distractors, knobs["max_statements"] - necessary_statements))
+        distractors = []
+        for _ in range(n_distractors):
+            if rng.random() < 0.35:
+                distractors.append(new_constant())
+                continue
+            operands = rng.sample(list(values), min(len(values), rng.randint(2, knobs["max_in_degree"])))
+            operator, target = rng.choice(OPERATORS), next(names)
+            values[target] = apply(operator, [values[o] for o in operands], modulus)
+            definitions[target] = (operator, operands)
+            distractors.append(target)
+
+        def statement(name):
+            definition = definitions[name]
+            return f"{name}={values[name]}." if definition is None else f"{name}={definition[0].join(definition[1])}."
+
+        order = list(definitions)
+        if knobs["shuffle"]:
+            rng.shuffle(order)
+        query = steps[-1][0]
+        prompt = f"Mod {modulus}. " + " ".join(statement(n) for n in order) + f" Find {query}.\n"
+        texts, heads = [], []
+        for target, operator, operands in steps:
+            expression = operator.join(operands)
+            numbers = operator.join(str(values[o]) for o in operands)
+            texts.append(f"{target}={expression}={numbers}={values[target]}.\n")
+            heads.append(f"{target}=")
+        return Example(
+            task=self.name, prompt=prompt, steps=texts, answer=str(values[query]), difficulty=op,
+            template_id=template_id(f"chains|mod{modulus}|" + "|".join(shape)),
+            meta=dict(heads=heads, definitions={n: d and [d[0], d[1]] for n, d in definitions.items()},
+                      order=[s[0] for s in steps]),
+        )
+
+    def mistake(self, example, step_index, rng):
+        # A variable that cannot be computed yet: one of its operands is an operation not yet computed.
+        definitions, order = example.meta["definitions"], example.meta["order"]
+        computed = {n for n, d in definitions.items() if d is None} | set(order[:step_index])
+        blocked = [n for n, d in definitions.items()
+                   if d is not None and n not in computed and not all(o in computed for o in d[1])]
+        return f"{rng.choice(sorted(blocked))}=" if blocked else None

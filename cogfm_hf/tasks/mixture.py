@@ -1,0 +1,88 @@
+"""A weighted mixture of generators: one deterministic, endless stream of training examples.
+
+Example `i` is a pure function of (seed, i) — random access, no state — so data loaders can shard the
+stream and a resumed run regenerates exactly what it saw. Only training templates are ever drawn.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from datasets import Dataset, Features, Sequence, Value
+
+from .base import Example, seeded_rng
+from .retry import add_retries, check_retry
+
+
+@dataclass
+class MixtureComponent:
+    """One generator in the mixture. `difficulty` (int or (low, high)) sets the task's difficulty knob
+    and defaults to the task's training range; `knobs` sets any other knob."""
+
+    task: str
+    weight: float = 1.0
+    difficulty: int | tuple[int, int] | None = None
+    retry_p: float = 0.0
+    retry_variant: str = "real"
+    knobs: dict = field(default_factory=dict)
+
+
+RECORD_FEATURES = Features({
+    "task": Value("string"), "prompt": Value("string"), "steps": Sequence(Value("string")),
+    "answer": Value("string"), "difficulty": Value("int32"), "template_id": Value("string"),
+    "solution": Value("string"), "text": Value("string"),
+    "error_spans": Sequence(Sequence(Value("int32"), length=2)),
+    "marker_spans": Sequence(Sequence(Value("int32"), length=2)),
+})
+
+
+class Mixture:
+    def __init__(self, components: list[MixtureComponent | dict], seed: int = 0):
+        from . import get_task  # the registry imports this module
+
+        if not components:
+            raise ValueError("mixture: give at least one component")
+        self.seed = seed
+        self.components: list[MixtureComponent] = []
+        self._resolved = []
+        for index, component in enumerate(components):
+            if isinstance(component, dict):
+                unknown = set(component) - set(MixtureComponent.__dataclass_fields__)
+                if unknown:
+                    raise ValueError(f"mixture component {index}: unknown field(s) {sorted(unknown)}")
+                component = MixtureComponent(**component)
+            where = f"mixture component {index} ({component.task})"
+            try:
+                task = get_task(component.task)
+                if not component.weight > 0:
+                    raise ValueError(f"weight must be > 0, got {component.weight!r}")
+                check_retry(component.retry_p, component.retry_variant)
+                difficulty = component.difficulty if component.difficulty is not None \
+                    else task.train_knobs[task.difficulty_knob]
+                if isinstance(difficulty, list):
+                    difficulty = tuple(difficulty)
+                knobs = task.knobs(**{**task.train_knobs, **component.knobs, task.difficulty_knob: difficulty})
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+            self.components.append(component)
+            self._resolved.append((task, knobs))
+        self.weights = [c.weight for c in self.components]
+
+    def example(self, index: int) -> Example:
+        rng = seeded_rng("mixture", self.seed, index)
+        choice = rng.choices(range(len(self.components)), weights=self.weights)[0]
+        component, (task, knobs) = self.components[choice], self._resolved[choice]
+        example = task.sample_split(rng, "train", knobs)
+        if component.retry_p > 0:
+            example = add_retries(example, task, component.retry_p, rng, component.retry_variant)
+        return example
+
+    def __iter__(self) -> Iterator[Example]:
+        return (self.example(i) for i in itertools.count())
+
+    def to_dataset(self, num_examples: int, start: int = 0) -> Dataset:
+        """Examples [start, start + num_examples) as a `datasets.Dataset` (spans as offsets into `text`)."""
+        records = [self.example(i).to_record() for i in range(start, start + num_examples)]
+        return Dataset.from_list(records, features=RECORD_FEATURES)
