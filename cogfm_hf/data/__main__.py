@@ -1,0 +1,36 @@
+"""python -m cogfm_hf.data build RECIPE.yaml [--output_dir DIR] [--workers N] [--overwrite] [--keep-work]"""
+
+import argparse
+import sys
+
+from .recipe import RecipeError, load_recipe
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m cogfm_hf.data", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build_parser = commands.add_parser("build", help="run a data recipe end to end")
+    build_parser.add_argument("recipe", help="a data recipe YAML, or a training recipe with a `data:` section")
+    build_parser.add_argument("--output_dir", help="override the recipe's output_dir")
+    build_parser.add_argument("--workers", type=int, help="override the recipe's workers")
+    build_parser.add_argument("--overwrite", action="store_true", help="replace an output built from another recipe")
+    build_parser.add_argument("--keep-work", action="store_true", help="keep intermediate files (curated, removed...)")
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe)
+        if args.output_dir:
+            recipe.output_dir = args.output_dir
+        if args.workers:
+            recipe.workers = args.workers
+    except RecipeError as error:
+        sys.exit(f"recipe error: {error}")
+    from .build import build
+
+    try:
+        build(recipe, overwrite=args.overwrite, keep_work=args.keep_work)
+    except FileExistsError as error:
+        sys.exit(str(error))
+
+
+if __name__ == "__main__":
+    main()

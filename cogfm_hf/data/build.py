@@ -1,0 +1,258 @@
+"""The build: raw sources -> curated, deduplicated, decontaminated, tokenised and packed shards.
+
+Stages run as datatrove pipelines (LocalPipelineExecutor here; the same step lists run under datatrove's
+Slurm or Ray executors, see `pipelines`). Everything is written into a work directory named after the
+recipe's fingerprint beside the output; only a finished build is renamed to `output_dir`, so an
+interrupted build leaves the output untouched and, run again, resumes (datatrove skips completed
+tasks). Re-running a finished build is a no-op.
+
+Output:
+    output_dir/tokenizer/      AutoTokenizer.from_pretrained(...) loads it offline
+    output_dir/packed/         shard-NNNNN/ (datasets Arrow) per rank, see cogfm_hf.data.pack
+    output_dir/report.json     what happened to every document (also printed as a table)
+    output_dir/manifest.json   recipe, fingerprint, counts, sha256 of every file
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
+from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
+from datatrove.pipeline.dedup.minhash import (
+    MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature,
+)
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.hashing import HashConfig
+from tqdm import tqdm
+
+from .filters import PROSE_FILTERS, CodeQualityFilter, Decontaminate, KindFilter, LengthFilter, TextNormalizer
+from .pack import PackTokens
+from .recipe import DataRecipe
+from .report import build_report, print_report
+from .sources import SourcesReader
+from .tokenizer import train_tokenizer, wrap
+
+MANIFEST = "manifest.json"
+
+
+class OptionalJsonlReader(JsonlReader):
+    """A JsonlReader for which a folder without files means "nothing here" (datatrove's raises): a recipe
+    may have no corpus or no task source."""
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        if self.data_folder.list_files(recursive=self.recursive, glob_pattern=self.glob_pattern):
+            yield from super().run(data, rank, world_size)
+        elif data:
+            yield from data
+
+
+def document_text(doc) -> str:
+    """What exact deduplication compares (datatrove reads the return annotation to pick the hash input)."""
+    return doc.text
+
+
+def lsh_bands(threshold: float, num_hashes: int) -> tuple[int, int]:
+    """(buckets, hashes per bucket) whose LSH S-curve midpoint (1/b)^(1/r) is closest to `threshold`."""
+    candidates = [(b, num_hashes // b) for b in range(1, num_hashes + 1) if num_hashes // b >= 1]
+    return min(candidates, key=lambda br: abs((1 / br[0]) ** (1 / br[1]) - threshold))
+
+
+def minhash_config(recipe: DataRecipe) -> MinhashConfig:
+    buckets, per_bucket = lsh_bands(recipe.dedup.threshold, recipe.dedup.num_hashes)
+    return MinhashConfig(n_grams=recipe.dedup.ngram, num_buckets=buckets, hashes_per_bucket=per_bucket,
+                         hash_config=HashConfig(precision=64))
+
+
+def _removed_writer(work: Path, step: str) -> JsonlWriter:
+    # Dropped documents go to removed/<step>/<reason>/ so the report can show examples of each reason.
+    return JsonlWriter(str(work / "removed" / step), output_filename="${filter_reason}/${rank}.jsonl.gz")
+
+
+def corpus_dir(recipe: DataRecipe, work: Path) -> Path:
+    """Where the corpus (non-task) documents are after the last enabled deduplication stage."""
+    if recipe.dedup.near:
+        return work / "near_deduped"
+    return work / "exact_deduped" if recipe.dedup.exact else work / "curated" / "corpus"
+
+
+def pipelines(recipe: DataRecipe, work: Path) -> dict[str, tuple[list, int]]:
+    """Every stage's datatrove step list and its task count, in run order. Any datatrove executor runs these."""
+    tasks = recipe.workers
+    eval_dir = recipe.decontamination.eval_dir or str(_default_eval_dir())
+    curate = [
+        SourcesReader(recipe.sources, recipe.clean, str(work / "skips")),
+        TextNormalizer(recipe.clean.normalization),
+        LengthFilter(recipe.clean.min_chars, recipe.clean.max_chars, exclusion_writer=_removed_writer(work, "length")),
+    ]
+    if recipe.decontamination.enabled:  # before quality filters, so a leak is reported as one whatever else it is
+        curate.append(Decontaminate(eval_dir, recipe.decontamination.ngram,
+                                    exclusion_writer=_removed_writer(work, "decontamination")))
+    for name, kwargs in (recipe.filters.prose or {}).items():
+        if kwargs is not None:
+            curate.append(KindFilter(PROSE_FILTERS[name](**kwargs), "prose", name,
+                                     exclusion_writer=_removed_writer(work, name)))
+    if recipe.filters.code is not None:
+        curate.append(CodeQualityFilter(**recipe.filters.code, exclusion_writer=_removed_writer(work, "code")))
+    # Generated task examples skip deduplication (identical easy problems are part of the distribution).
+    curate.append(JsonlWriter(str(work / "curated"), output_filename="${stream}/${rank}.jsonl.gz"))
+    stages = {"curate": (curate, tasks)}
+
+    corpus = str(work / "curated" / "corpus")
+    if recipe.dedup.exact:
+        exact = ExactDedupConfig(content_getter=document_text)
+        stages["exact_signatures"] = ([OptionalJsonlReader(corpus), ExactDedupSignature(output_folder=str(work / "exact" / "sigs"), config=exact)], tasks)
+        stages["exact_find"] = ([ExactFindDedups(data_folder=str(work / "exact" / "sigs"), output_folder=str(work / "exact" / "dups"),
+                                                    config=exact)], 1)
+        stages["exact_filter"] = ([
+            OptionalJsonlReader(corpus),
+            ExactDedupFilter(data_folder=str(work / "exact" / "dups"), config=exact,
+                             exclusion_writer=JsonlWriter(str(work / "removed" / "exact_duplicate" / "exact_duplicate"))),
+            JsonlWriter(str(work / "exact_deduped"), output_filename="${rank}.jsonl.gz"),
+        ], tasks)
+        corpus = str(work / "exact_deduped")
+    if recipe.dedup.near:
+        config = minhash_config(recipe)
+        stages["minhash_signatures"] = ([OptionalJsonlReader(corpus), MinhashDedupSignature(output_folder=str(work / "minhash" / "sigs"), config=config)], tasks)
+        stages["minhash_buckets"] = ([MinhashDedupBuckets(input_folder=str(work / "minhash" / "sigs"),
+                                                         output_folder=str(work / "minhash" / "buckets"), config=config)],
+                                     config.num_buckets)
+        stages["minhash_cluster"] = ([MinhashDedupCluster(input_folder=str(work / "minhash" / "buckets"),
+                                                          output_folder=str(work / "minhash" / "remove"), config=config,
+                                                          save_cluster_size=True)], 1)
+        stages["minhash_filter"] = ([
+            OptionalJsonlReader(corpus),
+            MinhashDedupFilter(input_folder=str(work / "minhash" / "remove"), load_cluster_sizes=True,
+                               exclusion_writer=JsonlWriter(str(work / "removed" / "near_duplicate" / "near_duplicate"))),
+            JsonlWriter(str(work / "near_deduped"), output_filename="${rank}.jsonl.gz"),
+        ], tasks)
+    readers = [OptionalJsonlReader(str(corpus_dir(recipe, work))), OptionalJsonlReader(str(work / "curated" / "task"))]
+    stages["pack"] = (readers + [PackTokens(str(work / "tokenizer"), str(work / "packed"), recipe.pack.seq_len,
+                                            recipe.pack.group_by_difficulty)], tasks)
+    return stages
+
+
+def _default_eval_dir() -> Path:
+    from ..tasks.export import DEFAULT_DIR
+
+    return DEFAULT_DIR
+
+
+def run_stage(name: str, steps: list, tasks: int, workers: int, work: Path) -> None:
+    LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=min(tasks, workers),
+                          logging_dir=str(work / "logs" / name), skip_completed=True).run()
+
+
+def tokenizer_texts(recipe: DataRecipe, work: Path, corpus: Path):
+    """A sample of the cleaned corpus and task examples (~train_chars characters), spread over all files."""
+    files = sorted(corpus.glob("*.jsonl.gz")) + sorted((work / "curated" / "task").glob("*.jsonl.gz"))
+    import gzip
+
+    budget = recipe.tokenizer.train_chars
+    handles = [gzip.open(f, "rt") for f in files]
+    try:
+        with tqdm(total=budget, desc="tokenizer sample", unit="char", unit_scale=True) as progress:
+            while handles and budget > 0:
+                for handle in list(handles):
+                    line = handle.readline()
+                    if not line:
+                        handles.remove(handle)
+                        continue
+                    text = json.loads(line)["text"]
+                    budget -= len(text)
+                    progress.update(len(text))
+                    yield text
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def prepare_tokenizer(recipe: DataRecipe, work: Path, corpus: Path) -> None:
+    target = work / "tokenizer"
+    if (target / "tokenizer.json").exists():
+        return
+    if recipe.tokenizer.path:
+        from tokenizers import Tokenizer
+
+        tokenizer = wrap(Tokenizer.from_file(str(Path(recipe.tokenizer.path) / "tokenizer.json")))
+    else:
+        tokenizer = train_tokenizer(tokenizer_texts(recipe, work, corpus), recipe.tokenizer.vocab_size,
+                                    recipe.tokenizer.min_frequency)
+    partial = work / "tokenizer.partial"
+    tokenizer.save_pretrained(str(partial))
+    partial.replace(target)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_built(output: Path, fingerprint: str) -> bool:
+    manifest = output / MANIFEST
+    return manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == fingerprint
+
+
+def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) -> Path:
+    output = Path(recipe.output_dir).resolve()
+    fingerprint = recipe.fingerprint()
+    if is_built(output, fingerprint):
+        print(f"{output}: already built from this recipe (fingerprint {fingerprint[:12]}); nothing to do.")
+        return output
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists and was built from a different recipe; pass --overwrite to replace "
+                              "it, or choose another output_dir.")
+    work = output.parent / f".{output.name}.build-{fingerprint[:12]}"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2))
+
+    stages = pipelines(recipe, work)
+    # A recipe may have no corpus or no task source; readers treat an empty folder as "nothing here".
+    for folder in ("curated/corpus", "curated/task", "exact_deduped", "near_deduped"):
+        (work / folder).mkdir(parents=True, exist_ok=True)
+    for name, (steps, tasks) in stages.items():
+        if name.startswith(("exact", "minhash")) and not any((work / "curated" / "corpus").iterdir()):
+            print(f"== stage {name}: skipped, the recipe produced no corpus documents")
+            continue
+        if name == "pack":
+            prepare_tokenizer(recipe, work, corpus_dir(recipe, work))
+        print(f"== stage {name} ({tasks} task{'s' * (tasks > 1)})", flush=True)
+        run_stage(name, steps, tasks, recipe.workers, work)
+
+    final = work / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    final.mkdir()
+    shutil.copytree(work / "tokenizer", final / "tokenizer")
+    shutil.copytree(work / "packed", final / "packed")
+    report = build_report(recipe, work, list(stages))
+    (final / "report.json").write_text(json.dumps(report, indent=2))
+    files = sorted(p for p in final.rglob("*") if p.is_file())
+    manifest = {
+        "fingerprint": fingerprint, "recipe": dataclasses.asdict(recipe), "counts": report["totals"],
+        "files": {str(p.relative_to(final)): _sha256(p) for p in files},
+    }
+    (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+    if output.exists():  # --overwrite: swap the old build out only once the new one is complete
+        trash = output.parent / f".{output.name}.old-{random.randrange(1 << 30):08x}"
+        output.replace(trash)
+        final.replace(output)
+        shutil.rmtree(trash)
+    else:
+        final.replace(output)
+    if not keep_work:
+        shutil.rmtree(work)
+    print_report(report)
+    print(f"\nbuilt {output}")
+    return output
