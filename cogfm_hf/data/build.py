@@ -20,9 +20,11 @@ import hashlib
 import json
 import random
 import shutil
+import time
 from pathlib import Path
 
 from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
 from datatrove.pipeline.dedup.minhash import (
@@ -105,34 +107,32 @@ def pipelines(recipe: DataRecipe, work: Path) -> dict[str, tuple[list, int]]:
     curate.append(JsonlWriter(str(work / "curated"), output_filename="${stream}/${rank}.jsonl.gz"))
     stages = {"curate": (curate, tasks)}
 
+    # Deduplication follows datatrove's staged pattern: signatures, matching, then a filter pass that
+    # re-reads the same per-rank files and writes the survivors on.
+    def dedup_filter(source: str, step_class, reason: str, output: str, **kwargs) -> list:
+        removed = JsonlWriter(str(work / "removed" / reason / reason))
+        return [OptionalJsonlReader(source), step_class(exclusion_writer=removed, **kwargs),
+                JsonlWriter(str(work / output), output_filename="${rank}.jsonl.gz")]
+
     corpus = str(work / "curated" / "corpus")
     if recipe.dedup.exact:
-        exact = ExactDedupConfig(content_getter=document_text)
-        stages["exact_signatures"] = ([OptionalJsonlReader(corpus), ExactDedupSignature(output_folder=str(work / "exact" / "sigs"), config=exact)], tasks)
-        stages["exact_find"] = ([ExactFindDedups(data_folder=str(work / "exact" / "sigs"), output_folder=str(work / "exact" / "dups"),
-                                                    config=exact)], 1)
-        stages["exact_filter"] = ([
-            OptionalJsonlReader(corpus),
-            ExactDedupFilter(data_folder=str(work / "exact" / "dups"), config=exact,
-                             exclusion_writer=JsonlWriter(str(work / "removed" / "exact_duplicate" / "exact_duplicate"))),
-            JsonlWriter(str(work / "exact_deduped"), output_filename="${rank}.jsonl.gz"),
-        ], tasks)
+        exact, sigs, dups = ExactDedupConfig(content_getter=document_text), str(work / "exact" / "sigs"), str(work / "exact" / "dups")
+        stages["exact_signatures"] = ([OptionalJsonlReader(corpus), ExactDedupSignature(output_folder=sigs, config=exact)], tasks)
+        stages["exact_find"] = ([ExactFindDedups(data_folder=sigs, output_folder=dups, config=exact)], 1)
+        stages["exact_filter"] = (dedup_filter(corpus, ExactDedupFilter, "exact_duplicate", "exact_deduped",
+                                               data_folder=dups, config=exact), tasks)
         corpus = str(work / "exact_deduped")
     if recipe.dedup.near:
         config = minhash_config(recipe)
-        stages["minhash_signatures"] = ([OptionalJsonlReader(corpus), MinhashDedupSignature(output_folder=str(work / "minhash" / "sigs"), config=config)], tasks)
-        stages["minhash_buckets"] = ([MinhashDedupBuckets(input_folder=str(work / "minhash" / "sigs"),
-                                                         output_folder=str(work / "minhash" / "buckets"), config=config)],
+        sigs, buckets, remove = (str(work / "minhash" / name) for name in ("sigs", "buckets", "remove"))
+        stages["minhash_signatures"] = ([OptionalJsonlReader(corpus), MinhashDedupSignature(output_folder=sigs, config=config)], tasks)
+        stages["minhash_buckets"] = ([MinhashDedupBuckets(input_folder=sigs, output_folder=buckets, config=config)],
                                      config.num_buckets)
-        stages["minhash_cluster"] = ([MinhashDedupCluster(input_folder=str(work / "minhash" / "buckets"),
-                                                          output_folder=str(work / "minhash" / "remove"), config=config,
+        stages["minhash_cluster"] = ([MinhashDedupCluster(input_folder=buckets, output_folder=remove, config=config,
                                                           save_cluster_size=True)], 1)
-        stages["minhash_filter"] = ([
-            OptionalJsonlReader(corpus),
-            MinhashDedupFilter(input_folder=str(work / "minhash" / "remove"), load_cluster_sizes=True,
-                               exclusion_writer=JsonlWriter(str(work / "removed" / "near_duplicate" / "near_duplicate"))),
-            JsonlWriter(str(work / "near_deduped"), output_filename="${rank}.jsonl.gz"),
-        ], tasks)
+        stages["minhash_filter"] = (dedup_filter(corpus, MinhashDedupFilter, "near_duplicate", "near_deduped",
+                                                 input_folder=remove, load_cluster_sizes=True), tasks)
+    stages["tokenizer"] = ([TrainTokenizer(recipe, work)], 1)
     readers = [OptionalJsonlReader(str(corpus_dir(recipe, work))), OptionalJsonlReader(str(work / "curated" / "task"))]
     stages["pack"] = (readers + [PackTokens(str(work / "tokenizer"), str(work / "packed"), recipe.pack.seq_len,
                                             recipe.pack.group_by_difficulty)], tasks)
@@ -148,6 +148,22 @@ def _default_eval_dir() -> Path:
 def run_stage(name: str, steps: list, tasks: int, workers: int, work: Path) -> None:
     LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=min(tasks, workers),
                           logging_dir=str(work / "logs" / name), skip_completed=True).run()
+
+
+class TrainTokenizer(PipelineStep):
+    """Trains (or copies, when the recipe names one) the tokenizer: a one-task stage between dedup and packing."""
+
+    name = "🔤 train tokenizer"
+    type = "🔢 - TOKENIZER"
+
+    def __init__(self, recipe: DataRecipe, work: Path):
+        super().__init__()
+        self.recipe, self.work = recipe, work
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        prepare_tokenizer(self.recipe, self.work, corpus_dir(self.recipe, self.work))
+        return
+        yield
 
 
 def tokenizer_texts(recipe: DataRecipe, work: Path, corpus: Path):
@@ -198,6 +214,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def work_dir(recipe: DataRecipe) -> Path:
+    """Where a build of this recipe keeps its intermediate files (resumable; removed after success)."""
+    output = Path(recipe.output_dir).resolve()
+    return output.parent / f".{output.name}.build-{recipe.fingerprint()[:12]}"
+
+
 def is_built(output: Path, fingerprint: str) -> bool:
     manifest = output / MANIFEST
     return manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == fingerprint
@@ -212,7 +234,7 @@ def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) 
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists and was built from a different recipe; pass --overwrite to replace "
                               "it, or choose another output_dir.")
-    work = output.parent / f".{output.name}.build-{fingerprint[:12]}"
+    work = work_dir(recipe)
     work.mkdir(parents=True, exist_ok=True)
     (work / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2))
 
@@ -220,14 +242,15 @@ def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) 
     # A recipe may have no corpus or no task source; readers treat an empty folder as "nothing here".
     for folder in ("curated/corpus", "curated/task", "exact_deduped", "near_deduped"):
         (work / folder).mkdir(parents=True, exist_ok=True)
+    seconds = {}
     for name, (steps, tasks) in stages.items():
         if name.startswith(("exact", "minhash")) and not any((work / "curated" / "corpus").iterdir()):
             print(f"== stage {name}: skipped, the recipe produced no corpus documents")
             continue
-        if name == "pack":
-            prepare_tokenizer(recipe, work, corpus_dir(recipe, work))
+        start = time.perf_counter()
         print(f"== stage {name} ({tasks} task{'s' * (tasks > 1)})", flush=True)
         run_stage(name, steps, tasks, recipe.workers, work)
+        seconds[name] = time.perf_counter() - start
 
     final = work / "final"
     if final.exists():
@@ -236,6 +259,7 @@ def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) 
     shutil.copytree(work / "tokenizer", final / "tokenizer")
     shutil.copytree(work / "packed", final / "packed")
     report = build_report(recipe, work, list(stages))
+    report["stage_seconds"] = seconds  # this run's; a resumed build counts only what it ran
     (final / "report.json").write_text(json.dumps(report, indent=2))
     files = sorted(p for p in final.rglob("*") if p.is_file())
     manifest = {

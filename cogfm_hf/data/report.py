@@ -39,7 +39,7 @@ def build_report(recipe, work: Path, stages: list[str]) -> dict:
         removed[key] = {
             "documents": len(records),
             "by_source": dict(Counter(r["metadata"].get("source", "?") for r in records)),
-            "examples": [{"location": r["metadata"].get("location", r.get("id")), "text": r["text"][:160],
+            "examples": [{"location": r["metadata"].get("location", r.get("id")), "text": r.get("text", "")[:160],
                           **({"contaminated_by": r["metadata"]["contaminated_by"]} if "contaminated_by" in r["metadata"] else {})}
                          for r in records[:EXAMPLES_PER_REASON]],
         }

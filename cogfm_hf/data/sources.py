@@ -177,6 +177,9 @@ class SourcesReader(PipelineStep):
         except (UnicodeDecodeError, OSError) as error:
             self.skip(source, f"{path}:0", "invalid_utf8", str(error))
             return
+        if not code.strip():  # e.g. an empty __init__.py
+            self.skip(source, f"{path}:0", "empty_file")
+            return
         yield self.document(source, code, f"{path}:1", "code")
         docstrings = module_docstrings(code)
         if docstrings:
