@@ -25,7 +25,6 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 # The main job: the default pretraining recipe, end to end on the built-in data. ARGS="--max_steps 50 ..."
 train: setup
-	@test -f training/pretrain.py || { echo "make train: training/pretrain.py arrives with issue #5 (CogFMTrainer); there is no pretraining job to run yet." >&2; exit 2; }
 	$(BIN)/accelerate launch training/pretrain.py $(ARGS)
 
 # The default suite (minutes; offline). PYTEST_ARGS="-k modeling" to narrow it.

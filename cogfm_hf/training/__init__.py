@@ -1,0 +1,9 @@
+"""Training: CogFMTrainer (curriculum sampler + self-correction loss), recipes, the pretraining run."""
+
+from .loss import LossConfig, self_correction_loss, token_weights
+from .recipe import CurriculumConfig, GuardConfig, TrainRecipe, load_train_recipe
+from .sampler import CurriculumSampler
+from .trainer import CogFMTrainer, collate_packed
+
+__all__ = ["CogFMTrainer", "CurriculumSampler", "LossConfig", "CurriculumConfig", "GuardConfig", "TrainRecipe",
+           "load_train_recipe", "collate_packed", "self_correction_loss", "token_weights"]

@@ -1,0 +1,258 @@
+"""CogFMTrainer and the training entry points, on a small task-only data build and a shrunk cogfm-tiny."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
+
+from cogfm_hf import CogFMForCausalLM
+from cogfm_hf.data import build, load_packed, load_recipe
+from cogfm_hf.training import CogFMTrainer
+from cogfm_hf.training.recipe import recipe_from_dict
+from cogfm_hf.training.run import build_model, finetune_lora, newline_token_ids, pretrain
+
+from .conftest import run_isolated_python
+
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN = ROOT / "training" / "pretrain.py"
+
+
+def tiny_recipe(data_dir: Path, output_dir: Path, **training) -> dict:
+    return {
+        "data": {
+            "output_dir": str(data_dir), "workers": 1,
+            "sources": [{"name": "reasoning", "type": "tasks", "num_examples": 600, "seed": 0, "mixture": [
+                {"task": "chains", "difficulty": [1, 4], "retry_p": 0.3},
+                {"task": "arithmetic", "difficulty": [1, 2], "retry_p": 0.3}]}],
+            "tokenizer": {"vocab_size": 320, "train_chars": 60_000}, "pack": {"seq_len": 64},
+        },
+        "model": {"preset": "cogfm-tiny", "overrides": {"hidden_size": 48, "intermediate_size": 96,
+                                                         "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                         "num_key_value_heads": 1}},
+        "training": {"output_dir": str(output_dir), "max_steps": 6, "per_device_train_batch_size": 4,
+                     "learning_rate": 3e-3, "lr_scheduler_type": "linear", "warmup_steps": 0, "logging_steps": 1,
+                     "save_steps": 3, "report_to": "none", "seed": 0, **training},
+        "curriculum": {"pacing": "sqrt", "c0": 0.3},
+        "loss": {"error_weight": 0.0, "unlikelihood": 0.5, "z_loss": 1e-4},
+        "eval": {"bucket": None},
+    }
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny-data") / "data"
+    build(load_recipe(tiny_recipe(directory, directory.parent / "unused")["data"]))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def pretrained(data_dir, tmp_path_factory):
+    """An in-process pretraining run with held-out evaluation, shared by the tests that need a checkpoint."""
+    output = tmp_path_factory.mktemp("run") / "out"
+    recipe = tiny_recipe(data_dir, output)
+    recipe["eval"] = {"bucket": "arithmetic_digits2", "limit": 4, "batch_size": 4, "max_new_tokens": 8}
+    pretrain(recipe_from_dict(recipe))
+    return output
+
+
+def test_pretraining_loss_falls_and_every_checkpoint_is_hub_ready(pretrained, tmp_path):
+    state = json.loads((pretrained / "checkpoint-6" / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    logged = set().union(*(entry for entry in state["log_history"] if "loss" in entry))  # keys over the run
+    assert {"loss_task/chains", "loss_task/arithmetic", "curriculum/competence", "loss_parts/unlikelihood",
+            "loss_parts/z_loss", "tokens_per_second", "mfu", "guard/skipped_updates"} <= set(logged)
+    assert any(key.startswith("loss_difficulty/") for key in logged)
+    for directory in (pretrained / "checkpoint-3", pretrained / "checkpoint-6", pretrained):
+        names = {p.name for p in directory.iterdir()}
+        assert {"config.json", "model.safetensors", "modeling_cogfm.py", "configuration_cogfm.py",
+                "tokenizer.json", "cogfm_recipe.yaml"} <= names, directory
+        recipe = yaml.safe_load((directory / "cogfm_recipe.yaml").read_text())
+        assert recipe["training"]["max_steps"] == 6 and recipe["curriculum"]["pacing"] == "sqrt"
+    summary = json.loads((pretrained / "training_summary.json").read_text())
+    assert set(summary["heldout"]) == {"before", "after"} and summary["heldout"]["after"]["examples"] == 4
+
+    checkpoint = pretrained / "checkpoint-3"
+    ids = AutoTokenizer.from_pretrained(checkpoint)("Mod 10. ka=3. Find ka.\n", return_tensors="pt")["input_ids"]
+    torch.save(ids, tmp_path / "ids.pt")
+    code = (f"import torch\nfrom transformers import AutoModelForCausalLM\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)\n"
+            f"torch.save(m(torch.load({str(tmp_path / 'ids.pt')!r})).logits, {str(tmp_path / 'out.pt')!r})\n")
+    result = run_isolated_python(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with torch.no_grad():
+        expected = CogFMForCausalLM.from_pretrained(checkpoint)(ids).logits
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=0)
+
+
+def _trainer(data_dir, output, callbacks=(), **arguments):
+    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+    dataset = load_packed(data_dir / "packed")
+    recipe = recipe_from_dict(tiny_recipe(data_dir, output))
+    torch.manual_seed(0)
+    model = build_model(recipe, tokenizer, 64)
+    defaults = dict(output_dir=str(output), report_to="none", use_cpu=True, max_steps=1, seed=0,
+                    lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
+                    remove_unused_columns=False, save_strategy="no", logging_steps=1)
+    args = TrainingArguments(**{**defaults, **arguments})
+    return CogFMTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                        curriculum=recipe.curriculum, loss_config=recipe.loss, guard=recipe.guard,
+                        marker_id=tokenizer.convert_tokens_to_ids("<|back|>"),
+                        newline_ids=newline_token_ids(tokenizer), callbacks=list(callbacks))
+
+
+def test_gradient_accumulation_gives_the_same_update(data_dir, tmp_path):
+    # Plain SGD: the update is proportional to the gradient, so any normalisation error shows.
+    one_by_eight = _trainer(data_dir, tmp_path / "a", per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                            optim="sgd", learning_rate=1.0)
+    four_by_two = _trainer(data_dir, tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=4,
+                           optim="sgd", learning_rate=1.0)
+    before = {k: v.clone() for k, v in one_by_eight.model.state_dict().items()}
+    for trainer in (one_by_eight, four_by_two):
+        trainer.train()
+    moved = 0
+    for (name, a), b in zip(one_by_eight.model.state_dict().items(), four_by_two.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+        moved += not torch.equal(a, before[name])
+    assert moved > 5
+
+
+def test_a_nan_step_is_skipped_and_training_continues(data_dir, tmp_path):
+    snapshots = {}
+
+    class Snapshot(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            snapshots[("begin", state.global_step + 1)] = {k: v.clone() for k, v in model.state_dict().items()}
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            snapshots[("end", state.global_step)] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    trainer = _trainer(data_dir, tmp_path, callbacks=[Snapshot()], max_steps=5, per_device_train_batch_size=4,
+                       learning_rate=1e-3)
+    real_compute_loss = trainer.compute_loss
+
+    def compute_loss_with_nan_in_step_3(*args, **kwargs):
+        loss = real_compute_loss(*args, **kwargs)
+        return loss * float("nan") if trainer.state.global_step == 2 else loss
+
+    trainer.compute_loss = compute_loss_with_nan_in_step_3
+    trainer.train()
+    assert trainer.state.global_step == 5
+    assert [s["step"] for s in trainer.skipped_updates] == [3]
+    for step in range(1, 6):
+        same = all(torch.equal(snapshots[("begin", step)][k], snapshots[("end", step)][k]) for k in snapshots[("end", step)])
+        assert same == (step == 3), step
+    logged = [entry for entry in trainer.state.log_history if "guard/skipped_updates" in entry]
+    assert logged[-1]["guard/skipped_updates"] == 1
+
+
+def _run(args: list[str], cwd: Path, timeout=600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_resume_after_a_kill_matches_a_straight_run(data_dir, tmp_path):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe(data_dir, tmp_path / "unused"))
+    base = [sys.executable, str(PRETRAIN), str(recipe), "--max_steps", "40", "--save_steps", "20",
+            "--per_device_train_batch_size", "8"]
+    straight = _run(base + ["--output_dir", str(tmp_path / "straight")], tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    interrupted = tmp_path / "interrupted"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(base + ["--output_dir", str(interrupted)], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = interrupted / "checkpoint-20" / "trainer_state.json"  # written last: the checkpoint is complete
+    deadline = time.time() + 300
+    while not marker.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert marker.exists() and not (interrupted / "checkpoint-40").exists(), "the kill came too late"
+
+    resumed = _run(base + ["--output_dir", str(interrupted), "--resume_from_checkpoint",
+                           str(interrupted / "checkpoint-20")], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    def losses(run):
+        history = json.loads((run / "checkpoint-40" / "trainer_state.json").read_text())["log_history"]
+        return [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
+
+    assert losses(interrupted) == losses(tmp_path / "straight")
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_cpu_ddp_launch(data_dir, tmp_path):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe(data_dir, tmp_path / "out"))
+    accelerate = Path(sys.executable).parent / "accelerate"
+    result = _run([str(accelerate), "launch", "--config_file", str(ROOT / "training/accelerate/cpu_ddp.yaml"),
+                   "--main_process_port", "29611", str(PRETRAIN), str(recipe), "--max_steps", "4", "--save_steps", "4"],
+                  tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes" in result.stdout
+    state = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_the_default_recipe_runs_with_a_small_max_steps(tmp_path):
+    output = tmp_path / "run"
+    result = _run([sys.executable, str(PRETRAIN), "--max_steps", "2", "--save_steps", "2", "--output_dir", str(output),
+                   "--data.output_dir", str(tmp_path / "data"), "--eval.limit", "4", "--eval.max_new_tokens", "8",
+                   "--report_to", "none"], ROOT, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "held-out accuracy on arithmetic_digits2" in result.stdout
+    code = (f"from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(output)!r}, trust_remote_code=True)\n"
+            f"t = AutoTokenizer.from_pretrained({str(output)!r})\n"
+            f"print(type(m).__name__, m.config.vocab_size == len(t))\n")
+    loaded = run_isolated_python(code, cwd=tmp_path)
+    assert loaded.returncode == 0 and "CogFMForCausalLM True" in loaded.stdout, loaded.stderr[-2000:]
+
+
+def test_finetune_lora_trains_only_adapters_and_exports_a_merged_checkpoint(pretrained, data_dir, tmp_path):
+    from peft import AutoPeftModelForCausalLM
+
+    recipe = tiny_recipe(tmp_path / "lora-data", tmp_path / "adapter", max_steps=3, save_steps=3)
+    recipe["model"] = {"checkpoint": str(pretrained)}
+    recipe["lora"] = {"r": 4, "alpha": 8, "merged_output_dir": str(tmp_path / "merged")}
+    base_weights = load_file(pretrained / "model.safetensors")
+    finetune_lora(recipe_from_dict(recipe))
+
+    adapter = tmp_path / "adapter"
+    assert (adapter / "adapter_model.safetensors").exists()
+    saved = load_file(adapter / "adapter_model.safetensors")
+    assert saved and all("lora_" in name for name in saved)
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(adapter, trust_remote_code=True)
+    frozen = [n for n, p in peft_model.named_parameters() if "lora_" not in n]
+    assert frozen and not any(p.requires_grad for n, p in peft_model.named_parameters() if n in frozen)
+    # ...and unchanged by the fine-tuning:
+    for name, value in peft_model.get_base_model().state_dict().items():
+        key = name.replace(".base_layer", "")
+        if "lora_" not in name and key in base_weights:
+            assert torch.equal(value, base_weights[key]), name
+
+    ids = AutoTokenizer.from_pretrained(pretrained)("12+7=?\n", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        adapted = peft_model(ids).logits
+    torch.save(ids, tmp_path / "ids.pt")
+    code = (f"import torch\nfrom transformers import AutoModelForCausalLM\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'merged')!r}, trust_remote_code=True)\n"
+            f"torch.save(m(torch.load({str(tmp_path / 'ids.pt')!r})).logits, {str(tmp_path / 'out.pt')!r})\n")
+    result = run_isolated_python(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), adapted, rtol=1e-4, atol=1e-5)
