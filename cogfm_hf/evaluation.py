@@ -1,6 +1,8 @@
-"""Held-out accuracy of a live model on one exported test bucket, by greedy generation.
+"""Held-out evaluation of a live model on one exported test bucket: greedy accuracy, the accuracy of always
+giving the bucket's most common answer (the bar a model that learned only the answer distribution clears),
+and the teacher-forced loss on the gold solutions (which shows learning before accuracy does).
 
-Used by training to print accuracy before and after a run. The full evaluation (every bucket, the
+Used by training to print these before and after a run. The full evaluation (every bucket, the
 self-correction and log-likelihood tasks) goes through lm-evaluation-harness (issue #6).
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 import torch
 
@@ -59,4 +62,27 @@ def heldout_accuracy(model, tokenizer, bucket: str, limit: int | None = 100, bat
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
-    return {"bucket": bucket, "examples": len(records), "accuracy": correct / max(1, len(records)), "samples": samples}
+    common_answer, common_count = Counter(r["answer"] for r in records).most_common(1)[0]
+    return {"bucket": bucket, "examples": len(records), "accuracy": correct / max(1, len(records)),
+            "most_common_answer": common_answer, "most_common_answer_accuracy": common_count / len(records),
+            "solution_loss": solution_loss(model, tokenizer, records, batch_size), "samples": samples}
+
+
+@torch.no_grad()
+def solution_loss(model, tokenizer, records: list[dict], batch_size: int = 32) -> float:
+    """Mean cross-entropy (nats/token) of the gold solutions given their prompts."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    try:
+        for start in range(0, len(records), batch_size):
+            for record in records[start : start + batch_size]:
+                prompt = tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]
+                solution = tokenizer(record["solution"], add_special_tokens=False)["input_ids"]
+                ids = torch.tensor([prompt + solution], device=model.device)
+                logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
+                total += torch.nn.functional.cross_entropy(logits, ids[0, len(prompt):], reduction="sum").item()
+                tokens += len(solution)
+    finally:
+        model.train(was_training)
+    return total / max(1, tokens)

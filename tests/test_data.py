@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from cogfm_hf.data import RecipeError, build, load_packed, load_recipe, unpack_documents
-from cogfm_hf.data.build import lsh_bands
+from cogfm_hf.data.pipeline import lsh_bands
 from cogfm_hf.data.pack import TASK_VOCAB
 from cogfm_hf.data.tokenizer import SPECIAL_TOKENS
 from cogfm_hf.tasks import BACK

@@ -26,6 +26,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ROOT / "training" / "pretrain.py"
 
 
+def logits_without_the_package(checkpoint: Path, ids: torch.Tensor, scratch: Path) -> torch.Tensor:
+    """Load `checkpoint` with trust_remote_code in a fresh interpreter that cannot import cogfm_hf."""
+    torch.save(ids, scratch / "ids.pt")
+    code = (f"import torch\nfrom transformers import AutoModelForCausalLM\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)\n"
+            f"torch.save(m(torch.load({str(scratch / 'ids.pt')!r})).logits, {str(scratch / 'out.pt')!r})\n")
+    result = run_isolated_python(code, cwd=scratch)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return torch.load(scratch / "out.pt")
+
+
 def tiny_recipe(data_dir: Path, output_dir: Path, **training) -> dict:
     return {
         "data": {
@@ -88,15 +99,9 @@ def test_pretraining_loss_falls_and_every_checkpoint_is_hub_ready(pretrained, tm
 
     checkpoint = pretrained / "checkpoint-3"
     ids = AutoTokenizer.from_pretrained(checkpoint)("Mod 10. ka=3. Find ka.\n", return_tensors="pt")["input_ids"]
-    torch.save(ids, tmp_path / "ids.pt")
-    code = (f"import torch\nfrom transformers import AutoModelForCausalLM\n"
-            f"m = AutoModelForCausalLM.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)\n"
-            f"torch.save(m(torch.load({str(tmp_path / 'ids.pt')!r})).logits, {str(tmp_path / 'out.pt')!r})\n")
-    result = run_isolated_python(code, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
     with torch.no_grad():
         expected = CogFMForCausalLM.from_pretrained(checkpoint)(ids).logits
-    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits_without_the_package(checkpoint, ids, tmp_path), expected, rtol=0, atol=0)
 
 
 def _trainer(data_dir, output, callbacks=(), **arguments):
@@ -215,7 +220,7 @@ def test_the_default_recipe_runs_with_a_small_max_steps(tmp_path):
                    "--data.output_dir", str(tmp_path / "data"), "--eval.limit", "4", "--eval.max_new_tokens", "8",
                    "--report_to", "none"], ROOT, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "held-out accuracy on arithmetic_digits2" in result.stdout
+    assert "held-out accuracy on chains_op2" in result.stdout and "always answering" in result.stdout
     code = (f"from transformers import AutoModelForCausalLM, AutoTokenizer\n"
             f"m = AutoModelForCausalLM.from_pretrained({str(output)!r}, trust_remote_code=True)\n"
             f"t = AutoTokenizer.from_pretrained({str(output)!r})\n"
@@ -249,10 +254,24 @@ def test_finetune_lora_trains_only_adapters_and_exports_a_merged_checkpoint(pret
     ids = AutoTokenizer.from_pretrained(pretrained)("12+7=?\n", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         adapted = peft_model(ids).logits
-    torch.save(ids, tmp_path / "ids.pt")
-    code = (f"import torch\nfrom transformers import AutoModelForCausalLM\n"
-            f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'merged')!r}, trust_remote_code=True)\n"
-            f"torch.save(m(torch.load({str(tmp_path / 'ids.pt')!r})).logits, {str(tmp_path / 'out.pt')!r})\n")
-    result = run_isolated_python(code, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), adapted, rtol=1e-4, atol=1e-5)
+    merged = logits_without_the_package(tmp_path / "merged", ids, tmp_path)
+    torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_on_cpu_trains(data_dir, tmp_path):
+    # `bf16: auto` resolves to fp32 on CPUs without native bf16; forced on, the autocast path must still work.
+    trainer = _trainer(data_dir, tmp_path, bf16=True, max_steps=2, per_device_train_batch_size=2, learning_rate=1e-3)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert trainer.accelerator.mixed_precision == "bf16"
+
+
+def test_warmup_stable_decay_schedule(data_dir, tmp_path):
+    trainer = _trainer(data_dir, tmp_path, max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3,
+                       lr_scheduler_type="warmup_stable_decay", warmup_steps=2,
+                       lr_scheduler_kwargs={"num_decay_steps": 3})
+    trainer.train()
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    assert rates[0] < rates[2] == rates[3] == rates[4]  # warm up, then hold
+    assert rates[-1] < rates[4]  # then decay

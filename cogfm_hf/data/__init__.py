@@ -4,13 +4,12 @@
 """
 
 from .pack import TASK_VOCAB, load_packed, unpack_documents
+from .pipeline import build as _build_recipe
 from .recipe import DataRecipe, RecipeError, load_recipe
 
 __all__ = ["DataRecipe", "RecipeError", "load_recipe", "load_packed", "unpack_documents", "TASK_VOCAB", "build"]
 
 
 def build(recipe, **kwargs):
-    """Build a data recipe (a DataRecipe, a dict or a YAML path); see cogfm_hf.data.build."""
-    from .build import build as _build
-
-    return _build(recipe if isinstance(recipe, DataRecipe) else load_recipe(recipe), **kwargs)
+    """Build a data recipe (a DataRecipe, a dict or a YAML path); see cogfm_hf.data.pipeline."""
+    return _build_recipe(recipe if isinstance(recipe, DataRecipe) else load_recipe(recipe), **kwargs)

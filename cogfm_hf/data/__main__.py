@@ -24,7 +24,7 @@ def main(argv=None):
             recipe.workers = args.workers
     except RecipeError as error:
         sys.exit(f"recipe error: {error}")
-    from .build import build
+    from .pipeline import build
 
     try:
         build(recipe, overwrite=args.overwrite, keep_work=args.keep_work)

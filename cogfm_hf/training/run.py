@@ -21,6 +21,7 @@ from ..modeling.modeling_cogfm import CogFMForCausalLM
 from ..presets import train_flops_per_token
 from ..tasks import BACK
 from .callbacks import RECIPE_FILE, SaveRecipeCallback
+from .plots import plot_losses
 from .recipe import TrainRecipe, load_train_recipe
 from .trainer import CogFMTrainer
 
@@ -169,11 +170,15 @@ def pretrain(recipe: TrainRecipe) -> Path:
     if state.is_main_process:
         (output / RECIPE_FILE).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         summary = {"skipped_updates": trainer.skipped_updates, "global_step": trainer.state.global_step}
+        plot_losses(trainer.state.log_history, output / "loss.png", f"{recipe.model.preset}: training loss")
         if evaluate:
             after = heldout_accuracy(model, tokenizer, recipe.eval.bucket, **eval_kwargs)
             summary["heldout"] = {"before": before, "after": after}
             print(f"\nheld-out accuracy on {recipe.eval.bucket} ({after['examples']} examples, greedy): "
-                  f"{before['accuracy']:.1%} before training -> {after['accuracy']:.1%} after", flush=True)
+                  f"{before['accuracy']:.1%} before training -> {after['accuracy']:.1%} after "
+                  f"(always answering {after['most_common_answer']!r}: {after['most_common_answer_accuracy']:.1%}); "
+                  f"loss on the gold solutions {before['solution_loss']:.2f} -> {after['solution_loss']:.2f} nats/token",
+                  flush=True)
         (output / "training_summary.json").write_text(json.dumps(summary, indent=2))
         print(f"final checkpoint: {output.resolve()}", flush=True)
     state.wait_for_everyone()
