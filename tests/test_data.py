@@ -265,3 +265,16 @@ def test_lsh_bands_follow_the_threshold():
     for threshold in (0.5, 0.7, 0.8, 0.9):
         buckets, rows = lsh_bands(threshold, 112)
         assert abs((1 / buckets) ** (1 / rows) - threshold) < 0.06
+
+
+def test_fingerprint_follows_the_recipe_and_the_format_version(monkeypatch, tmp_path):
+    from cogfm_hf.data import recipe as recipe_module
+
+    base = load_recipe({"output_dir": str(tmp_path / "o"), "sources": [{"name": "s", "type": "python_stdlib"}]})
+    same = load_recipe({"output_dir": str(tmp_path / "o"), "sources": [{"name": "s", "type": "python_stdlib"}]})
+    assert base.fingerprint() == same.fingerprint()
+    same.pack.seq_len = 128
+    assert base.fingerprint() != same.fingerprint()
+    before = base.fingerprint()
+    monkeypatch.setattr(recipe_module, "DATA_FORMAT_VERSION", recipe_module.DATA_FORMAT_VERSION + 1)
+    assert base.fingerprint() != before

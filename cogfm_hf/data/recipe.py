@@ -16,6 +16,9 @@ from pathlib import Path
 import yaml
 
 SOURCE_TYPES = ("files", "hf_dataset", "tasks", "python_stdlib")
+# Bump when a pipeline change alters what a build writes (cleaning, tokenizer, packing columns...): the
+# fingerprint includes it, so existing builds are rebuilt rather than silently reused.
+DATA_FORMAT_VERSION = 1
 KINDS = ("prose", "code")
 
 
@@ -113,10 +116,11 @@ class DataRecipe:
     pack: PackConfig = field(default_factory=PackConfig)
 
     def fingerprint(self) -> str:
-        """Identifies the build: same recipe (and generator version) -> same output."""
+        """Identifies the build: same recipe, task-generator version and data format -> same output."""
         from ..tasks.export import EXPORT_VERSION
 
-        blob = json.dumps({"recipe": dataclasses.asdict(self), "tasks": EXPORT_VERSION}, sort_keys=True, default=str)
+        blob = json.dumps({"recipe": dataclasses.asdict(self), "tasks": EXPORT_VERSION, "format": DATA_FORMAT_VERSION},
+                          sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
