@@ -156,7 +156,8 @@ class CogFMTrainer(Trainer):
     # -- the guard --------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._step_loss += loss.detach().float().item() if torch.isfinite(loss) else math.inf
+        # Kept on the device: read once per optimizer step (by the guard), not once per micro-batch.
+        self._step_loss = self._step_loss + loss.detach().double()
         return loss
 
     def create_optimizer(self, model=None):
@@ -178,7 +179,7 @@ class CogFMTrainer(Trainer):
         step_loss, self._step_loss = self._step_loss, 0.0
         if not self.guard.enabled:
             return False
-        loss = torch.tensor([step_loss], dtype=torch.float64, device=self.args.device)
+        loss = torch.as_tensor(step_loss, dtype=torch.float64, device=self.args.device).reshape(1)
         grads_finite = torch.tensor([all(torch.isfinite(p.grad).all() for p in self.model.parameters()
                                          if p.grad is not None)], dtype=torch.float64, device=self.args.device)
         if self.args.world_size > 1:
