@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from cogfm_hf import PRESETS, CogFMConfig, CogFMForCausalLM
 from cogfm_hf.presets import PRESET_TARGETS, count_parameters, preset_size
