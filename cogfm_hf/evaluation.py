@@ -28,9 +28,9 @@ def first_answer(text: str) -> str:
 
 
 def load_bucket(bucket: str, limit: int | None = None) -> list[dict]:
-    path = DEFAULT_DIR / f"{bucket}.jsonl"
+    path = DEFAULT_DIR / "data" / f"{bucket}.jsonl"
     if not path.exists():
-        raise ValueError(f"no test set {bucket!r}; choose a file stem in {DEFAULT_DIR}")
+        raise ValueError(f"no test set {bucket!r}; choose a file stem in {DEFAULT_DIR / 'data'}")
     records = [json.loads(line) for line in path.read_text().splitlines()]
     return records[:limit] if limit else records
 

@@ -7,7 +7,8 @@ import pytest
 
 from cogfm_hf.tasks import BACK, TASKS, Mixture, add_retries, get_task, strip_retries
 from cogfm_hf.tasks.code_trace import program_of, run_program, ProgramTimeout
-from cogfm_hf.tasks.export import DEFAULT_DIR, render, stale_files
+from cogfm_hf.tasks.base import is_held_out
+from cogfm_hf.tasks.export import DEFAULT_DIR, export, next_step_records, render, self_correction_records, stale_files
 
 TASK_NAMES = sorted(TASKS)
 
@@ -222,3 +223,38 @@ def test_mixture_config_errors_name_the_component():
 def test_exported_test_sets_are_reproducible_and_committed_up_to_date():
     assert render(TASKS, 5) == render(TASKS, 5)
     assert stale_files(DEFAULT_DIR, TASKS, 200) == [], "run `python -m cogfm_hf.tasks export` and commit"
+
+
+def test_self_correction_items_end_in_a_real_planted_mistake():
+    for task in TASKS.values():
+        records = self_correction_records(task, 40)
+        assert len({r["id"] for r in records}) == 40
+        for record in records:
+            assert is_held_out(record["template_id"]) and record["solution"].startswith(BACK)
+            assert record["prompt"].endswith(record["mistake"])
+            # Taking the mistake back and writing the rest gives the clean solution, which verifies.
+            partial = record["prompt"][: len(record["prompt"]) - len(record["mistake"])]
+            clean = partial + record["solution"][len(BACK):]
+            assert task.extract_answer(clean.rsplit("\n", 2)[-2], record["answer_candidates"]) == record["answer"]
+            assert record["mistake"] not in record["solution"].split("\n")[0]  # the mistake is not the next step
+
+
+def test_next_step_items_offer_the_true_step_among_one_digit_variants():
+    assert next_step_records(TASKS["arithmetic"], 5) is None  # its steps repeat their result: no fair distractors
+    for name in ("chains", "code"):
+        for record in next_step_records(TASKS[name], 40):
+            choices, gold = record["choices"], record["choices"][record["gold"]]
+            assert gold == record["answer"] and len(set(choices)) == len(choices) == 4
+            for wrong in (c for c in choices if c != gold):
+                differing = [i for i, (a, b) in enumerate(zip(wrong, gold)) if a != b]
+                assert len(wrong) == len(gold) and len(differing) == 1 and wrong[differing[0]].isdigit()
+
+
+def test_stale_files_reports_edits_and_leftovers(tmp_path):
+    export(tmp_path, TASKS, 3)
+    assert stale_files(tmp_path, TASKS, 3) == []
+    (tmp_path / "cogfm_chains_op2.yaml").write_text("task: edited\n")
+    (tmp_path / "data" / "chains_op99.jsonl").write_text("{}\n")
+    assert stale_files(tmp_path, TASKS, 3) == ["cogfm_chains_op2.yaml", "data/chains_op99.jsonl"]
+    export(tmp_path, TASKS, 3)  # re-exporting repairs the edit and removes the leftover
+    assert stale_files(tmp_path, TASKS, 3) == [] and not (tmp_path / "data" / "chains_op99.jsonl").exists()

@@ -142,7 +142,7 @@ def pipelines(recipe: DataRecipe, work: Path) -> dict[str, tuple[list, int]]:
 def _default_eval_dir() -> Path:
     from ..tasks.export import DEFAULT_DIR
 
-    return DEFAULT_DIR
+    return DEFAULT_DIR / "data"
 
 
 def run_stage(name: str, steps: list, tasks: int, workers: int, work: Path) -> None:

@@ -6,7 +6,8 @@
 """
 
 from .arithmetic import ArithmeticTask
-from .base import BACK, Example, ReasoningTask
+from .answers import BACK
+from .base import Example, ReasoningTask
 from .chains import ChainsTask
 from .code_trace import CodeTraceTask
 from .logic import LogicTask

@@ -1,4 +1,4 @@
-"""python -m cogfm_hf.tasks export [--out DIR] [--per-bucket N] [--check]
+"""python -m cogfm_hf.tasks export [--out DIR] [--per-set N] [--check]
 python -m cogfm_hf.tasks sample TASK [--n 3] [--seed 0] [--retry-p 0.3] [--knob op=6 ...]"""
 
 import argparse
@@ -22,9 +22,9 @@ def parse_knob(text: str):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cogfm_hf.tasks", description="Reasoning task generators")
     commands = parser.add_subparsers(dest="command", required=True)
-    export_parser = commands.add_parser("export", help="write the fixed held-out test sets for eval_tasks/")
+    export_parser = commands.add_parser("export", help="write the fixed held-out test sets and lm-eval tasks in eval_tasks/")
     export_parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    export_parser.add_argument("--per-bucket", type=int, default=200)
+    export_parser.add_argument("--per-set", type=int, default=200, help="items per test set")
     export_parser.add_argument("--check", action="store_true", help="only check that the files are up to date")
     sample_parser = commands.add_parser("sample", help="print generated examples")
     sample_parser.add_argument("task", choices=sorted(TASKS))
@@ -38,13 +38,13 @@ def main(argv=None):
 
     if args.command == "export":
         if args.check:
-            stale = stale_files(args.out, TASKS, args.per_bucket)
+            stale = stale_files(args.out, TASKS, args.per_set)
             if stale:
                 sys.exit(f"{len(stale)} file(s) in {args.out} differ from the generators: {stale[:5]}; "
                          "run `python -m cogfm_hf.tasks export` and commit the result (bump EXPORT_VERSION).")
             print(f"{args.out}: up to date")
             return
-        written = export(args.out, TASKS, args.per_bucket)
+        written = export(args.out, TASKS, args.per_set)
         print(f"wrote {len(written)} files to {args.out}")
         return
 

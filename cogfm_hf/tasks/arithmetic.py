@@ -108,6 +108,10 @@ class ArithmeticTask(ReasoningTask):
             marks.append([len(head), len(head) + len(str(sum(partials)))])
         return steps, marks, pattern, a * b
 
+    def wrong_steps(self, example, step_index, count, rng):
+        # A step repeats its result ("=5 write 5"): a one-digit change would contradict itself, an easy tell.
+        return None
+
     def mistake(self, example, step_index, rng):
         # The step written up to its result, with one result digit wrong.
         step = example.steps[step_index]

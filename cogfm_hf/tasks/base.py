@@ -11,14 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-# Written after a mistake: "what came since the last step is wrong, take it back". The tokenizer
-# keeps it as one special token.
-BACK = "<|back|>"
-ANSWER_PREFIX = "Answer: "
+from .answers import ANSWER_PREFIX, extract_answer
 
 # Fraction of templates reserved for evaluation. Changing it changes every split: bump EXPORT_VERSION.
 HELD_OUT_FRACTION = 0.2
@@ -98,9 +94,6 @@ class Example:
         return record
 
 
-_ANSWER_AFTER_CUE = re.compile(r"answer\s*(?:is|was|:|=)?\s*[:=]?\s*[*`\"'(\[]*\s*(-?[A-Za-z0-9_]+)", re.IGNORECASE)
-
-
 class ReasoningTask:
     """Base class. Subclasses set `name`, `difficulty_knob`, `default_knobs`, `buckets`, and implement
     `check_knobs`, `sample` and `mistake`."""
@@ -157,18 +150,28 @@ class ReasoningTask:
         return None
 
     def extract_answer(self, text: str, candidates: list[str] | None = None) -> str | None:
-        """The final answer in free text: the last 'answer (is|:) X', else the last answer-shaped token."""
-        def admissible(token):
-            return re.fullmatch(self.answer_pattern, token) and (candidates is None or token in candidates)
-
-        cued = [m.group(1) for m in _ANSWER_AFTER_CUE.finditer(text) if admissible(m.group(1))]
-        if cued:
-            return cued[-1]
-        tokens = [t for t in re.findall(rf"(?<![\w-])({self.answer_pattern})(?!\w)", text) if admissible(t)]
-        return tokens[-1] if tokens else None
+        return extract_answer(text, self.answer_pattern, candidates)
 
     def verify(self, example: Example, model_output: str) -> bool:
         return self.extract_answer(model_output, self.answer_candidates(example.prompt)) == example.answer
+
+    def wrong_steps(self, example: Example, step_index: int, count: int, rng: random.Random) -> list[str] | None:
+        """`count` distinct copies of step `step_index` with its written result wrong in one digit: the
+        distractors of the next-step task. None where the step has no numeric result (or too few variants)."""
+        results = example.meta.get("results")
+        if not results:
+            return None
+        step = example.steps[step_index]
+        start, end = results[step_index]
+        value = step[start:end]
+        if not value.lstrip("-").isdigit():
+            return None
+        digits = [i for i, c in enumerate(value) if c.isdigit()]
+        variants = sorted({value[:i] + d + value[i + 1:] for i in digits for d in "0123456789"
+                           if d != value[i] and not (i == digits[0] and d == "0" and len(digits) > 1)})
+        if len(variants) < count:
+            return None
+        return [step[:start] + variant + step[end:] for variant in rng.sample(variants, count)]
 
     def head_of(self, example: Example, step_index: int) -> str:
         """The prefix naming what a step computes ("b=" / "dax from"): what a weak mistake writes."""

@@ -105,16 +105,17 @@ class ChainsTask(ReasoningTask):
             rng.shuffle(order)
         query = steps[-1][0]
         prompt = f"Mod {modulus}. " + " ".join(statement(n) for n in order) + f" Find {query}.\n"
-        texts, heads = [], []
+        texts, heads, results = [], [], []
         for target, operator, operands in steps:
             expression = operator.join(operands)
             numbers = operator.join(str(values[o]) for o in operands)
             texts.append(f"{target}={expression}={numbers}={values[target]}.\n")
             heads.append(f"{target}=")
+            results.append([len(texts[-1]) - 2 - len(str(values[target])), len(texts[-1]) - 2])
         return Example(
             task=self.name, prompt=prompt, steps=texts, answer=str(values[query]), difficulty=op,
             template_id=template_id(f"chains|mod{modulus}|" + "|".join(shape)),
-            meta=dict(heads=heads, definitions={n: d and [d[0], d[1]] for n, d in definitions.items()},
+            meta=dict(heads=heads, results=results, definitions={n: d and [d[0], d[1]] for n, d in definitions.items()},
                       order=[s[0] for s in steps]),
         )
 

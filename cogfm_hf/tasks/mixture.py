@@ -70,6 +70,15 @@ class Mixture:
             self._resolved.append((task, knobs))
         self.weights = [c.weight for c in self.components]
 
+    def difficulty_ranges(self) -> dict[str, tuple[int, int]]:
+        """The difficulty range each task is trained on (the union over its components)."""
+        ranges: dict[str, tuple[int, int]] = {}
+        for task, knobs in self._resolved:
+            low, high = knobs[task.difficulty_knob]
+            old = ranges.get(task.name, (low, high))
+            ranges[task.name] = (min(low, old[0]), max(high, old[1]))
+        return ranges
+
     def example(self, index: int) -> Example:
         rng = seeded_rng("mixture", self.seed, index)
         choice = rng.choices(range(len(self.components)), weights=self.weights)[0]

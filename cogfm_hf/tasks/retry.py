@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from .base import ANSWER_PREFIX, BACK, Example, ReasoningTask
+from .answers import ANSWER_PREFIX, BACK
+from .base import Example, ReasoningTask
 
 VARIANTS = ("real", "weak")
 
