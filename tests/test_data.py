@@ -15,13 +15,13 @@ from transformers import AutoTokenizer
 from cogfm_hf.data import RecipeError, build, load_packed, load_recipe, unpack_documents
 from cogfm_hf.data.pipeline import lsh_bands
 from cogfm_hf.data.pack import TASK_VOCAB
-from cogfm_hf.data.tokenizer import SPECIAL_TOKENS
+from cogfm_hf.data.tokenizer import RESERVED_TOKENS
 from cogfm_hf.tasks import BACK
 from cogfm_hf.tasks.export import DEFAULT_DIR
 
 from .corpus_factory import make_corpus
 
-EVAL_ITEM = json.loads((DEFAULT_DIR / "logic_depth4.jsonl").read_text().splitlines()[0])
+EVAL_ITEM = json.loads((DEFAULT_DIR / "data" / "logic_depth4.jsonl").read_text().splitlines()[0])
 
 
 def recipe_dict(root: Path, output: Path, **overrides) -> dict:
@@ -91,10 +91,12 @@ def test_tokenizer_round_trips_splits_digits_and_reloads(built):
     assert tokenizer.decode(ids) == text
     digits = tokenizer("907+12=919", add_special_tokens=False)["input_ids"]
     assert tokenizer.convert_ids_to_tokens(digits) == list("907+12=919")
-    assert [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    assert [tokenizer.convert_tokens_to_ids(t) for t in RESERVED_TOKENS] == [0, 1, 2, 3, 4]
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
     marked = tokenizer(f"x=<{BACK}", add_special_tokens=False)["input_ids"]
     assert tokenizer.convert_tokens_to_ids(BACK) in marked and len(tokenizer) == 400
+    # lm-eval decodes generations with skip_special_tokens=True: the marker must survive it, EOS must not.
+    assert tokenizer.decode(marked + [tokenizer.eos_token_id], skip_special_tokens=True) == f"x=<{BACK}"
     assert tokenizer("a b")["input_ids"][-1] != tokenizer.eos_token_id  # no EOS appended (lm-eval splits contexts)
 
 

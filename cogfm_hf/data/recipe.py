@@ -18,7 +18,7 @@ import yaml
 SOURCE_TYPES = ("files", "hf_dataset", "tasks", "python_stdlib")
 # Bump when a pipeline change alters what a build writes (cleaning, tokenizer, packing columns...): the
 # fingerprint includes it, so existing builds are rebuilt rather than silently reused.
-DATA_FORMAT_VERSION = 1
+DATA_FORMAT_VERSION = 2
 KINDS = ("prose", "code")
 
 
