@@ -4,7 +4,7 @@
     data:       a data recipe (cogfm_hf.data.recipe), built on first use
     training:   transformers TrainingArguments fields (output_dir, max_steps, learning_rate, seed, ...)
     curriculum: CurriculumSampler arguments          loss: LossConfig
-    guard:      skipped-update guard                 eval: held-out evaluation before/after training
+    guard:      skipped-update guard                 eval: lm-eval tasks in the loop and at the end
     lora:       peft LoRA settings (training/finetune_lora.py)
     peak_tflops: the peak MFU is measured against (null: the GPU's datasheet value, or a measured CPU GEMM)
     cpu_threads: torch threads per process on CPU (null: this machine's cores / processes on it)
@@ -24,6 +24,7 @@ import yaml
 from transformers import TrainingArguments
 
 from ..data.recipe import RecipeError
+from .evaluation import EvalConfig
 from .loss import LossConfig
 
 TRAINING_ARGUMENT_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -48,14 +49,6 @@ class GuardConfig:
     spike_factor: float = 3.0  # skip an update whose loss exceeds this multiple of the recent average
     warmup_steps: int = 20  # steps before spikes are judged (the loss falls fast at the start)
     ema_decay: float = 0.9
-
-
-@dataclass
-class HeldoutEvalConfig:
-    bucket: str | None = "arithmetic_digits2"  # an eval_tasks/data file stem, printed before and after training
-    limit: int = 100
-    batch_size: int = 32
-    max_new_tokens: int = 96
 
 
 @dataclass
@@ -84,7 +77,7 @@ class TrainRecipe:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
-    eval: HeldoutEvalConfig = field(default_factory=HeldoutEvalConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoraSection = field(default_factory=LoraSection)
     peak_tflops: float | None = None
     cpu_threads: int | None = None
@@ -94,7 +87,7 @@ class TrainRecipe:
 
 
 SECTIONS = {"model": ModelConfig, "curriculum": CurriculumConfig, "loss": LossConfig, "guard": GuardConfig,
-            "eval": HeldoutEvalConfig, "lora": LoraSection}
+            "eval": EvalConfig, "lora": LoraSection}
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, object]]:

@@ -15,13 +15,14 @@ from transformers import AutoTokenizer, TrainingArguments, set_seed
 
 from ..data import build, load_packed, load_recipe
 from ..data.recipe import RecipeError
-from ..evaluation import heldout_accuracy
 from ..modeling.configuration_cogfm import CogFMConfig
 from ..modeling.modeling_cogfm import CogFMForCausalLM
 from ..presets import train_flops_per_token
-from ..tasks import BACK
+from ..tasks import BACK, Mixture
 from .callbacks import RECIPE_FILE, SaveRecipeCallback
-from .plots import plot_losses
+from .evaluation import LMEvalCallback, scores
+from .model_card import read_data_report, write_model_card
+from .plots import plot_accuracy_by_difficulty, plot_losses
 from .recipe import TrainRecipe, load_train_recipe
 from .trainer import CogFMTrainer
 
@@ -85,6 +86,7 @@ def training_arguments(recipe: TrainRecipe) -> tuple[TrainingArguments, bool]:
     values = dict(recipe.training)
     bf16 = resolve_bf16(values.pop("bf16", "auto"))
     values.setdefault("report_to", ["wandb"])
+    values.setdefault("include_num_input_tokens_seen", "non_padding")  # state.num_input_tokens_seen, exact on resume
     values["remove_unused_columns"] = False  # the loss needs error_mask, task_ids, difficulties
     # Without an accelerator, train on the CPU: under torchrun (training/accelerate/cpu_ddp.yaml) this is what
     # makes Accelerate join the processes in a gloo group (its MULTI_CPU mode) instead of running them alone.
@@ -154,33 +156,51 @@ def make_trainer(recipe: TrainRecipe, model, tokenizer, dataset, args, bf16: boo
     )
 
 
+def training_difficulty_tops(data_recipe: dict) -> dict[str, int]:
+    """The hardest difficulty each task is trained on, from the data recipe's task sources."""
+    tops: dict[str, int] = {}
+    for source in data_recipe.get("sources", []):
+        if source.get("type") == "tasks":
+            for task, (_, high) in Mixture(source["mixture"]).difficulty_ranges().items():
+                tops[task] = max(high, tops.get(task, high))
+    return tops
+
+
 def pretrain(recipe: TrainRecipe) -> Path:
     args, bf16, state, threads, tokenizer, dataset = prepare(recipe)
     set_seed(args.seed)
     model = build_model(recipe, tokenizer, len(dataset[0]["input_ids"]))
     trainer = make_trainer(recipe, model, tokenizer, dataset, args, bf16, threads, state)
-    evaluate = recipe.eval.bucket is not None and state.is_main_process
-    eval_kwargs = dict(limit=recipe.eval.limit, batch_size=recipe.eval.batch_size,
-                       max_new_tokens=recipe.eval.max_new_tokens)
-    before = heldout_accuracy(model, tokenizer, recipe.eval.bucket, **eval_kwargs) if evaluate else None
+    evaluation = LMEvalCallback(trainer, recipe.eval) if recipe.eval.enabled else None
+    if evaluation:
+        trainer.add_callback(evaluation)
 
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     output = Path(args.output_dir)
     save_final_checkpoint(trainer, tokenizer, output)
     if state.is_main_process:
         (output / RECIPE_FILE).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        summary = {"skipped_updates": trainer.skipped_updates, "global_step": trainer.state.global_step}
-        plot_losses(trainer.state.log_history, output / "loss.png", f"{recipe.model.preset}: training loss")
-        if evaluate:
-            after = heldout_accuracy(model, tokenizer, recipe.eval.bucket, **eval_kwargs)
-            summary["heldout"] = {"before": before, "after": after}
-            print(f"\nheld-out accuracy on {recipe.eval.bucket} ({after['examples']} examples, greedy): "
-                  f"{before['accuracy']:.1%} before training -> {after['accuracy']:.1%} after "
-                  f"(always answering {after['most_common_answer']!r}: {after['most_common_answer_accuracy']:.1%}); "
-                  f"loss on the gold solutions {before['solution_loss']:.2f} -> {after['solution_loss']:.2f} nats/token",
+        title = f"{recipe.model.preset}, {trainer.state.num_input_tokens_seen:,} tokens"
+        plots = [plot_losses(trainer.state.log_history, output / "loss.png", f"{title}: training loss"),
+                 plot_accuracy_by_difficulty(trainer.state.log_history, output / "accuracy_by_difficulty.png",
+                                             training_difficulty_tops(recipe.data), f"{title}: accuracy by difficulty")]
+        results = evaluation.final_results if evaluation else None
+        summary = {"skipped_updates": trainer.skipped_updates, "global_step": trainer.state.global_step,
+                   "num_input_tokens_seen": trainer.state.num_input_tokens_seen}
+        if results:
+            summary["final_eval"] = scores(results)
+            (output / "eval_results.json").write_text(json.dumps(
+                {k: v for k, v in results.items() if k != "samples"}, indent=2, default=str))
+            from lm_eval.utils import make_table
+
+            print("\n" + make_table(results) + ("\n" + make_table(results, "groups") if results.get("groups") else ""),
                   flush=True)
         (output / "training_summary.json").write_text(json.dumps(summary, indent=2))
-        print(f"final checkpoint: {output.resolve()}", flush=True)
+        card = write_model_card(output, recipe=recipe.to_dict(), model=model, state=trainer.state,
+                                data_report=read_data_report(Path(load_recipe(recipe.data).output_dir)),
+                                results=results, limit=recipe.eval.final_limit,
+                                plots=[p.name for p in plots if p is not None])
+        print(f"final checkpoint: {output.resolve()} (model card: {card.name})", flush=True)
     state.wait_for_everyone()
     return output
 

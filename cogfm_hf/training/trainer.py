@@ -149,6 +149,11 @@ class CogFMTrainer(Trainer):
             self._reset_log_sums()
         super().log(logs, start_time)
 
+    def exclude_from_throughput(self, seconds: float) -> None:
+        """Time spent on something other than training (in-loop evaluation) does not count against tokens/s."""
+        if self._last_log_time is not None:
+            self._last_log_time += seconds
+
     def _inner_training_loop(self, *args, **kwargs):
         self._last_log_time = time.perf_counter()
         return super()._inner_training_loop(*args, **kwargs)

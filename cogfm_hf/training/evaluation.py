@@ -1,0 +1,138 @@
+"""Evaluation during training: the same lm-evaluation-harness tasks as `lm_eval --include_path eval_tasks`,
+run on the live model.
+
+`LMEvalCallback` evaluates before the first step, every `eval.every_steps` optimizer steps and after the
+last one, and logs through the Trainer, so the scores sit next to the loss (console, trainer_state.json,
+wandb):
+
+    eval/<task or group>/<metric>             e.g. eval/cogfm_chains_id/exact_match
+    eval_difficulty/<task>/<difficulty>       generation accuracy by difficulty (the evaluate metric module)
+
+The final evaluation (with `eval.final_limit`) is what the model card reports.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+EVAL_TASKS_DIR = Path(__file__).resolve().parents[2] / "eval_tasks"
+DIFFICULTY_METRIC_DIR = EVAL_TASKS_DIR / "metrics" / "exact_match_by_difficulty"
+_NOT_SCORES = {"alias", "name", "sample_len", "sample_count", " "}
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=lambda: ["cogfm_reasoning"])  # lm-eval task / group names
+    every_steps: int = 0  # in-loop cadence in optimizer steps; 0: only before and after training
+    limit: int | None = 20  # items per task in-loop (None: all)
+    final_limit: int | None = None  # items per task in the final evaluation, the model card's (None: all)
+    batch_size: int = 32
+    include_path: str | None = None  # lm-eval task folder; default: this repository's eval_tasks/
+    enabled: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.tasks, str):
+            self.tasks = [self.tasks]
+        if not self.tasks or not all(isinstance(t, str) and t for t in self.tasks):
+            raise ValueError(f"tasks must be a non-empty list of lm-eval task names, got {self.tasks!r}")
+        for name in ("limit", "final_limit"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
+        if not isinstance(self.every_steps, int) or self.every_steps < 0:
+            raise ValueError(f"every_steps must be an integer >= 0, got {self.every_steps!r}")
+
+
+def run_lm_eval(model, tokenizer, tasks: list[str], limit: int | None, batch_size: int,
+                include_path: str | None = None) -> dict:
+    """lm-eval's results (with per-item samples) for a live model, left in the train/eval mode it was in."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    was_training = model.training
+    try:
+        model.eval()
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        return simple_evaluate(model=lm, tasks=list(tasks), limit=limit, log_samples=True,
+                               task_manager=TaskManager(include_path=include_path or str(EVAL_TASKS_DIR)))
+    finally:
+        model.train(was_training)
+
+
+def scores(results: dict) -> dict[str, float]:
+    """Flat {"<task or group>/<metric>": value} from lm-eval results ("exact_match,extract_answer" -> "exact_match")."""
+    flat = {}
+    for section in ("results", "groups"):
+        for name, values in results.get(section, {}).items():
+            for key, value in values.items():
+                metric = key.split(",")[0]
+                if metric in _NOT_SCORES or metric.endswith("_stderr") or not isinstance(value, (int, float)):
+                    continue
+                flat[f"{name}/{metric}"] = float(value)
+    return flat
+
+
+def accuracy_by_difficulty(results: dict) -> dict[str, dict[int, float]]:
+    """Generation exact match per reasoning task and difficulty, over all its buckets that were run,
+    computed from the logged items by the `exact_match_by_difficulty` metric module."""
+    import evaluate
+
+    items: dict[str, tuple[list, list, list]] = {}
+    for samples in results.get("samples", {}).values():
+        for sample in samples:
+            doc = sample["doc"]
+            if doc.get("bucket") in (None, "self_correction", "next_step") or sample.get("filter") != "extract_answer":
+                continue
+            predictions, references, difficulties = items.setdefault(doc["task"], ([], [], []))
+            predictions.append(sample["filtered_resps"][0])
+            references.append(doc["answer"])
+            difficulties.append(doc["difficulty"])
+    if not items:
+        return {}
+    metric = evaluate.load(str(DIFFICULTY_METRIC_DIR))
+    return {task: metric.compute(predictions=p, references=r, difficulties=d)["by_difficulty"]
+            for task, (p, r, d) in sorted(items.items())}
+
+
+class LMEvalCallback(TrainerCallback):
+    """Runs `config.tasks` on the live model before training, every `config.every_steps` steps and at the
+    last step, logging through `trainer.log`. Only the main process evaluates; under FSDP every process
+    does (the forward passes need all shards) and they log the same numbers. `final_results` keeps the
+    last evaluation's full lm-eval results."""
+
+    def __init__(self, trainer, config: EvalConfig):
+        self.trainer, self.config = trainer, config
+        self.final_results: dict | None = None
+
+    def _evaluate(self, state, control, model, tokenizer, limit: int | None) -> dict | None:
+        if not (state.is_world_process_zero or self.trainer.is_fsdp_enabled):
+            return None
+        start = time.perf_counter()
+        results = run_lm_eval(model, tokenizer, self.config.tasks, limit, self.config.batch_size,
+                              self.config.include_path)
+        logs = {f"eval/{key}": round(value, 4) for key, value in scores(results).items()}
+        for task, by_difficulty in accuracy_by_difficulty(results).items():
+            logs.update({f"eval_difficulty/{task}/{d}": round(v, 4) for d, v in by_difficulty.items()})
+        logs["eval/items"] = sum(n.get("effective", 0) for n in results.get("n-samples", {}).values())
+        seconds = time.perf_counter() - start
+        logs["eval/seconds"] = round(seconds, 1)
+        should_log = control.should_log  # Trainer.log clears it: keep this step's training log
+        self.trainer.log(logs)
+        control.should_log = should_log
+        self.trainer.exclude_from_throughput(seconds)
+        return results
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if state.global_step == 0:  # not on resume: the checkpoint's log history has it already
+            self._evaluate(state, control, model, processing_class, self.config.limit)
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if state.global_step >= state.max_steps:
+            self.final_results = self._evaluate(state, control, model, processing_class, self.config.final_limit)
+        elif self.config.every_steps and state.global_step % self.config.every_steps == 0:
+            self._evaluate(state, control, model, processing_class, self.config.limit)

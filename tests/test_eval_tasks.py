@@ -1,0 +1,196 @@
+"""The lm-evaluation-harness tasks in eval_tasks/: every YAML builds; a reference model that writes the gold
+solutions scores 100% and one that writes wrong answers 0%; the `lm_eval` CLI runs them on a checkpoint
+in a process without cogfm_hf; and the in-loop callback's numbers equal the CLI's."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+from lm_eval import simple_evaluate
+from lm_eval.api.model import LM
+from lm_eval.tasks import TaskManager
+
+from cogfm_hf import CogFMForCausalLM
+from cogfm_hf.tasks.answers import ANSWER_PREFIX, BACK
+from cogfm_hf.training.evaluation import EVAL_TASKS_DIR, scores
+
+from .conftest import PRETRAINED_EVAL, run_isolated_python
+
+# Every task file (group files list tasks; task files name one).
+TASK_NAMES = sorted(config["task"] for config in map(lambda p: yaml.safe_load(p.read_text()), EVAL_TASKS_DIR.glob("cogfm_*.yaml"))
+                    if isinstance(config.get("task"), str))
+MANIFEST = json.loads((EVAL_TASKS_DIR / "data" / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    return TaskManager(include_path=str(EVAL_TASKS_DIR))
+
+
+def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
+    assert len(TASK_NAMES) == 25 + 4 + 2  # generation buckets, self-correction per task, next-step tasks
+    lm_eval = Path(sys.executable).parent / "lm_eval"
+    result = subprocess.run([str(lm_eval), "validate", "--tasks", ",".join(["cogfm_reasoning", *TASK_NAMES]),
+                             "--include_path", str(EVAL_TASKS_DIR)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0 and "All tasks found and valid" in result.stdout, result.stdout + result.stderr
+
+    tasks = task_manager.load(["cogfm_reasoning"])["tasks"]
+    assert sorted(tasks) == TASK_NAMES  # the group reaches every task file, and nothing else
+    for name, task in tasks.items():
+        docs = list(task.test_docs())
+        test_set = task.config.dataset_kwargs["test_set"]
+        assert len(docs) == MANIFEST["files"][f"{test_set}.jsonl"]["examples"] == 200, name
+        assert task.doc_to_text(docs[0]) == docs[0]["prompt"], name  # the prompt exactly, no stripping
+        if task.OUTPUT_TYPE == "generate_until":
+            kwargs = task.config.generation_kwargs
+            assert "\n\n" in kwargs["until"] and not kwargs["do_sample"], name
+            assert kwargs["max_gen_toks"] >= max(len(d["solution"].encode()) for d in docs), name
+
+
+def _wrong_answer(doc) -> str:
+    if doc["answer_candidates"]:
+        return next(c for c in doc["answer_candidates"] if c != doc["answer"])
+    return str(int(doc["answer"]) + 1)
+
+
+def _with_answer(solution: str, answer: str) -> str:
+    body, _, _ = solution.rpartition(ANSWER_PREFIX)
+    return f"{body}{ANSWER_PREFIX}{answer}\n"
+
+
+class ReferenceLM(LM):
+    """A "model" that answers from each document: `right=True` writes the gold solution (then, as a model
+    may, starts another problem with a different answer, which must be ignored); `right=False` writes the
+    gold working with a wrong final answer. For next-step items it prefers the gold choice, or any other."""
+
+    def __init__(self, right: bool):
+        super().__init__()
+        self.right = right
+        self.contexts_ok = True
+
+    def generate_until(self, requests):
+        outputs = []
+        for request in requests:
+            context, kwargs = request.args
+            doc = request.doc
+            self.contexts_ok &= context == doc["prompt"]
+            if self.right:
+                outputs.append(doc["solution"] + "Mod 10. ka=3. Find ka.\nAnswer: " + _wrong_answer(doc) + "\n")
+            else:
+                outputs.append(_with_answer(doc["solution"], _wrong_answer(doc)))
+        return outputs
+
+    def loglikelihood(self, requests):
+        outputs = []
+        for request in requests:
+            context, continuation = request.args
+            doc = request.doc
+            self.contexts_ok &= context == doc["prompt"]
+            is_gold = continuation == doc["choices"][doc["gold"]]
+            outputs.append((0.0 if is_gold == self.right else -5.0, False))
+        return outputs
+
+    def loglikelihood_rolling(self, requests):
+        raise NotImplementedError
+
+
+def _evaluate(model, task_manager) -> dict:
+    return simple_evaluate(model=model, tasks=["cogfm_reasoning"], task_manager=task_manager, limit=None,
+                           bootstrap_iters=0)
+
+
+def test_gold_solutions_score_100_percent_on_every_item(task_manager):
+    model = ReferenceLM(right=True)
+    flat = scores(_evaluate(model, task_manager))
+    assert model.contexts_ok
+    for name in TASK_NAMES:
+        if name.endswith("_next_step"):
+            assert flat[f"{name}/acc"] == 1.0, name
+        elif name.endswith("_self_correction"):
+            assert flat[f"{name}/self_corrected"] == flat[f"{name}/marker_rate"] == flat[f"{name}/exact_match"] == 1.0
+        else:
+            assert flat[f"{name}/exact_match"] == 1.0, name
+    assert flat["cogfm_reasoning/exact_match"] == flat["cogfm_chains_ood/exact_match"] == 1.0
+
+
+def test_wrong_answers_score_0_percent_on_every_item(task_manager):
+    flat = scores(_evaluate(ReferenceLM(right=False), task_manager))
+    for name in TASK_NAMES:
+        if name.endswith("_next_step"):
+            assert flat[f"{name}/acc"] == 0.0, name
+        elif name.endswith("_self_correction"):  # the marker is written, but the answer is wrong
+            assert flat[f"{name}/marker_rate"] == 1.0 and flat[f"{name}/self_corrected"] == 0.0, name
+            assert flat[f"{name}/exact_match"] == 0.0, name
+        else:
+            assert flat[f"{name}/exact_match"] == 0.0, name
+    assert flat["cogfm_reasoning/exact_match"] == 0.0
+
+
+def _utils():
+    spec = importlib.util.spec_from_file_location("eval_tasks_utils", EVAL_TASKS_DIR / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_self_correction_needs_the_marker_first_and_then_the_right_answer():
+    utils = _utils()
+    doc = json.loads((EVAL_TASKS_DIR / "data" / "logic_self_correction.jsonl").read_text().splitlines()[0])
+    right, wrong = f"{ANSWER_PREFIX}{doc['answer']}\n", f"{ANSWER_PREFIX}{_wrong_answer(doc)}\n"
+    assert utils.score_self_correction(doc, [BACK + right]) == {"self_corrected": 1.0, "marker_rate": 1.0,
+                                                                "exact_match": 1.0}
+    assert utils.score_self_correction(doc, [right])["self_corrected"] == 0.0  # right answer, mistake not taken back
+    assert utils.score_self_correction(doc, [f"x{BACK}{right}"])["marker_rate"] == 0.0  # the marker must come first
+    assert utils.score_self_correction(doc, [BACK + wrong])["self_corrected"] == 0.0
+    # Logic answers must be one of the two names the question offers.
+    assert utils.answer_of(doc, f"{ANSWER_PREFIX}zzz\n") == ""
+
+
+def test_missing_test_set_names_the_file_and_the_fix():
+    with pytest.raises(FileNotFoundError, match=r"chains_op99\.jsonl.*python -m cogfm_hf.tasks export"):
+        _utils().load_test_set("chains_op99")
+
+
+def test_cli_on_a_checkpoint_without_the_package_equals_the_in_loop_scores(pretrained, tmp_path):
+    """The CLI exactly as the README gives it, from another directory, on the final checkpoint of a run whose
+    callback evaluated the same tasks with the same item limit after its last step."""
+    limit, batch = PRETRAINED_EVAL["final_limit"], PRETRAINED_EVAL["batch_size"]
+    code = ("import sys\nfrom lm_eval.__main__ import cli_evaluate\n"
+            f"sys.argv = ['lm_eval', '--model', 'hf', '--model_args', 'pretrained={pretrained},trust_remote_code=True', "
+            f"'--include_path', {str(EVAL_TASKS_DIR)!r}, '--tasks', 'cogfm_reasoning', '--device', 'cpu', "
+            f"'--limit', '{limit}', '--batch_size', '{batch}', '--output_path', 'results']\ncli_evaluate()\n")
+    result = run_isolated_python(code, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [results_file] = (tmp_path / "results").rglob("results_*.json")
+    cli = json.loads(results_file.read_text())
+    assert "cogfm_reasoning" in cli["groups"] and "cogfm_chains_op14" in cli["results"]
+
+    in_loop = scores(json.loads((pretrained / "eval_results.json").read_text()))
+    assert scores(cli) == in_loop and len(in_loop) > 50
+    # The same numbers were logged next to the loss at the last step, and went into the model card.
+    state = json.loads((pretrained / "checkpoint-6" / "trainer_state.json").read_text())
+    [logged] = [e for e in state["log_history"] if e["step"] == 6 and "eval/cogfm_reasoning/exact_match" in e]
+    assert {k: logged[f"eval/{k}"] for k in in_loop} == {k: round(v, 4) for k, v in in_loop.items()}
+    assert sorted(e["step"] for e in state["log_history"] if "eval/cogfm_reasoning/exact_match" in e) == [0, 3, 6]
+    assert any(k.startswith("eval_difficulty/chains/") for k in logged)
+
+
+def test_model_card_and_plots(pretrained):
+    card = ModelCard.load(pretrained / "README.md")
+    metadata = card.data.to_dict()
+    assert metadata["library_name"] == "transformers" and "custom_code" in metadata["tags"]
+    results = {r["dataset"]["name"]: r["metrics"][0]["value"] for r in metadata["model-index"][0]["results"]}
+    in_loop = scores(json.loads((pretrained / "eval_results.json").read_text()))
+    assert results["cogfm_reasoning"] == round(in_loop["cogfm_reasoning/exact_match"], 4)
+    state = json.loads((pretrained / "checkpoint-6" / "trainer_state.json").read_text())
+    assert f"**{state['num_input_tokens_seen']:,} non-padding tokens**" in card.text
+    params = sum(p.numel() for p in CogFMForCausalLM.from_pretrained(pretrained).parameters())
+    assert f"{params:,} parameters" in card.text and "| **cogfm_chains_ood** | exact_match |" in card.text
+    assert "pacing: sqrt" in card.text and "| reasoning | tasks | 600 |" in card.text
+    for plot in ("loss.png", "accuracy_by_difficulty.png"):
+        assert (pretrained / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({plot})" in card.text
