@@ -52,7 +52,11 @@ def extract_answers(resps: list[list[str]], docs: list[dict]) -> list[list[str]]
 
 
 def score_self_correction(doc: dict, results: list[str]) -> dict:
+    """After a planted mistake: did the model take it back (marker_rate), and reach the right answer too
+    (self_corrected)? After a correct partial step: did it take back what was right (false_marker_rate)?"""
     response = results[0]
     marked = answers.starts_with_marker(response)
     correct = answer_of(doc, response) == doc["answer"]
-    return {"self_corrected": float(marked and correct), "marker_rate": float(marked), "exact_match": float(correct)}
+    if doc["planted"]:
+        return {"self_corrected": float(marked and correct), "marker_rate": float(marked), "exact_match": float(correct)}
+    return {"false_marker_rate": float(marked), "exact_match": float(correct)}

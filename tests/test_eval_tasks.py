@@ -113,6 +113,7 @@ def test_gold_solutions_score_100_percent_on_every_item(task_manager):
             assert flat[f"{name}/acc"] == 1.0, name
         elif name.endswith("_self_correction"):
             assert flat[f"{name}/self_corrected"] == flat[f"{name}/marker_rate"] == flat[f"{name}/exact_match"] == 1.0
+            assert flat[f"{name}/false_marker_rate"] == 0.0
         else:
             assert flat[f"{name}/exact_match"] == 1.0, name
     assert flat["cogfm_reasoning/exact_match"] == flat["cogfm_chains_ood/exact_match"] == 1.0
@@ -123,9 +124,9 @@ def test_wrong_answers_score_0_percent_on_every_item(task_manager):
     for name in TASK_NAMES:
         if name.endswith("_next_step"):
             assert flat[f"{name}/acc"] == 0.0, name
-        elif name.endswith("_self_correction"):  # the marker is written, but the answer is wrong
+        elif name.endswith("_self_correction"):  # the marker is written where it belongs, but the answer is wrong
             assert flat[f"{name}/marker_rate"] == 1.0 and flat[f"{name}/self_corrected"] == 0.0, name
-            assert flat[f"{name}/exact_match"] == 0.0, name
+            assert flat[f"{name}/exact_match"] == flat[f"{name}/false_marker_rate"] == 0.0, name
         else:
             assert flat[f"{name}/exact_match"] == 0.0, name
     assert flat["cogfm_reasoning/exact_match"] == 0.0
@@ -138,17 +139,19 @@ def _utils():
     return module
 
 
-def test_self_correction_needs_the_marker_first_and_then_the_right_answer():
+def test_self_correction_needs_the_marker_first_then_the_right_answer_and_no_false_alarms():
     utils = _utils()
-    doc = json.loads((EVAL_TASKS_DIR / "data" / "logic_self_correction.jsonl").read_text().splitlines()[0])
-    right, wrong = f"{ANSWER_PREFIX}{doc['answer']}\n", f"{ANSWER_PREFIX}{_wrong_answer(doc)}\n"
-    assert utils.score_self_correction(doc, [BACK + right]) == {"self_corrected": 1.0, "marker_rate": 1.0,
-                                                                "exact_match": 1.0}
-    assert utils.score_self_correction(doc, [right])["self_corrected"] == 0.0  # right answer, mistake not taken back
-    assert utils.score_self_correction(doc, [f"x{BACK}{right}"])["marker_rate"] == 0.0  # the marker must come first
-    assert utils.score_self_correction(doc, [BACK + wrong])["self_corrected"] == 0.0
+    planted, control = map(json.loads, (EVAL_TASKS_DIR / "data" / "logic_self_correction.jsonl").read_text().splitlines()[:2])
+    right, wrong = f"{ANSWER_PREFIX}{planted['answer']}\n", f"{ANSWER_PREFIX}{_wrong_answer(planted)}\n"
+    assert utils.score_self_correction(planted, [BACK + right]) == {"self_corrected": 1.0, "marker_rate": 1.0,
+                                                                    "exact_match": 1.0}
+    assert utils.score_self_correction(planted, [right])["self_corrected"] == 0.0  # the mistake stayed
+    assert utils.score_self_correction(planted, [f"x{BACK}{right}"])["marker_rate"] == 0.0  # the marker comes first
+    assert utils.score_self_correction(planted, [BACK + wrong])["self_corrected"] == 0.0
+    assert utils.score_self_correction(control, [right]) == {"false_marker_rate": 0.0, "exact_match": 1.0}
+    assert utils.score_self_correction(control, [BACK + right])["false_marker_rate"] == 1.0
     # Logic answers must be one of the two names the question offers.
-    assert utils.answer_of(doc, f"{ANSWER_PREFIX}zzz\n") == ""
+    assert utils.answer_of(planted, f"{ANSWER_PREFIX}zzz\n") == ""
 
 
 def test_missing_test_set_names_the_file_and_the_fix():

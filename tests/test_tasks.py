@@ -225,18 +225,22 @@ def test_exported_test_sets_are_reproducible_and_committed_up_to_date():
     assert stale_files(DEFAULT_DIR, TASKS, 200) == [], "run `python -m cogfm_hf.tasks export` and commit"
 
 
-def test_self_correction_items_end_in_a_real_planted_mistake():
+def test_self_correction_items_pair_a_planted_mistake_with_the_true_next_step():
     for task in TASKS.values():
         records = self_correction_records(task, 40)
-        assert len({r["id"] for r in records}) == 40
-        for record in records:
-            assert is_held_out(record["template_id"]) and record["solution"].startswith(BACK)
-            assert record["prompt"].endswith(record["mistake"])
-            # Taking the mistake back and writing the rest gives the clean solution, which verifies.
-            partial = record["prompt"][: len(record["prompt"]) - len(record["mistake"])]
-            clean = partial + record["solution"][len(BACK):]
-            assert task.extract_answer(clean.rsplit("\n", 2)[-2], record["answer_candidates"]) == record["answer"]
-            assert record["mistake"] not in record["solution"].split("\n")[0]  # the mistake is not the next step
+        assert len({r["id"] for r in records}) == 40 and [r["planted"] for r in records] == [True, False] * 20
+        for planted, control in zip(records[::2], records[1::2]):
+            assert is_held_out(planted["template_id"]) and planted["template_id"] == control["template_id"]
+            assert planted["solution"].startswith(BACK) and BACK not in control["solution"]
+            # The same partial solution, then a mistake or the true start of the next step; taking the
+            # mistake back and going on gives the control's full text, whose answer line is the answer.
+            mistake = planted["mistake"]
+            partial = planted["prompt"][: -len(mistake)]
+            assert planted["prompt"].endswith(mistake) and control["mistake"] is None
+            assert not (partial + planted["solution"][len(BACK):]).startswith(planted["prompt"])  # a real mistake
+            assert partial + planted["solution"][len(BACK):] == control["prompt"] + control["solution"]
+            answer_line = control["solution"].rstrip("\n").rsplit("\n", 1)[-1]
+            assert task.extract_answer(answer_line, control["answer_candidates"]) == control["answer"]
 
 
 def test_next_step_items_offer_the_true_step_among_one_digit_variants():

@@ -4,9 +4,10 @@ Every item comes from a held-out template, drawn from a seed derived from (EXPOR
 
 - generation, one set per (task, bucket): the problem; the model writes a solution, scored by the
   final answer (exact match). Buckets are in- ("id") or out-of-distribution ("ood") of training.
-- self-correction, one set per task over its training range: the problem plus a partial solution whose
-  last step is a planted mistake (the same mistakes retry data is built from); success is writing the
-  BACK marker first and then reaching the right answer.
+- self-correction, one set per task over its training range, in pairs: the problem plus a partial
+  solution that ends in a planted mistake (the same mistakes retry data is built from), where success is
+  writing the BACK marker first and then the right answer; or that ends in the true start of the next
+  step, where writing the marker is a false alarm.
 - next-step, for tasks whose steps end in a numeric result: the problem and the solution so far; the
   choices are the true next step and copies with the result wrong in one digit (log-likelihood).
 
@@ -55,6 +56,8 @@ def generation_records(task, bucket: str, count: int) -> list[dict]:
 
 
 def self_correction_records(task, count: int) -> list[dict]:
+    """Pairs from one problem and step: the partial solution ends in a planted mistake (take it back), or in
+    the true start of the next step (go on: a marker there is a false alarm)."""
     knobs = task.knobs(**task.train_knobs)
     rng = seeded_rng("export", EXPORT_VERSION, task.name, "self_correction")
     records = []
@@ -64,15 +67,19 @@ def self_correction_records(task, count: int) -> list[dict]:
         mistake = task.mistake(example, step, rng)
         if not mistake:
             continue
-        written = "".join(example.steps[:step])
-        records.append(dict(
-            id=f"{task.name}/self_correction/{len(records)}", task=task.name, bucket="self_correction", kind="id",
-            difficulty=example.difficulty, template_id=example.template_id, mistake_step=step, mistake=mistake,
-            prompt=example.prompt + written + mistake,
-            solution=answers.BACK + "".join(example.steps[step:]) + f"{answers.ANSWER_PREFIX}{example.answer}\n",
-            answer=example.answer, **_answer_fields(task, example.prompt),
-        ))
-    return records
+        head, rest = task.head_of(example, step), "".join(example.steps[step:])
+        assert rest.startswith(head), (task.name, head, rest)
+        answer_line = f"{answers.ANSWER_PREFIX}{example.answer}\n"
+        for planted, ending, solution in ((True, mistake, answers.BACK + rest + answer_line),
+                                          (False, head, rest[len(head):] + answer_line)):
+            records.append(dict(
+                id=f"{task.name}/self_correction/{len(records)}", task=task.name, bucket="self_correction", kind="id",
+                difficulty=example.difficulty, template_id=example.template_id, step=step, planted=planted,
+                mistake=mistake if planted else None,
+                prompt=example.prompt + "".join(example.steps[:step]) + ending, solution=solution,
+                answer=example.answer, **_answer_fields(task, example.prompt),
+            ))
+    return records[:count]
 
 
 def next_step_records(task, count: int) -> list[dict] | None:

@@ -12,7 +12,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..tasks.export import EXPORT_VERSION
 
-_METRIC_ORDER = ("exact_match", "self_corrected", "marker_rate", "acc")
+_METRIC_ORDER = ("exact_match", "self_corrected", "marker_rate", "false_marker_rate", "acc")
 
 
 def result_rows(results: dict) -> list[dict]:
