@@ -162,12 +162,17 @@ def test_two_process_cpu_ddp_launch(data_dir, tmp_path):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe(data_dir, tmp_path / "out"))
     accelerate = Path(sys.executable).parent / "accelerate"
     result = _run([str(accelerate), "launch", "--config_file", str(ROOT / "training/accelerate/cpu_ddp.yaml"),
-                   "--main_process_port", "29611", str(PRETRAIN), str(recipe), "--max_steps", "4", "--save_steps", "4"],
+                   "--main_process_port", "29611", str(PRETRAIN), str(recipe), "--max_steps", "4", "--save_steps", "4",
+                   # in-loop evaluation on the main process while the other waits at the next gradient all-reduce
+                   "--eval.enabled", "true", "--eval.tasks", "[cogfm_chains_op2]", "--eval.every_steps", "2",
+                   "--eval.limit", "2", "--eval.final_limit", "2"],
                   tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes" in result.stdout
     state = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and (tmp_path / "out" / "model.safetensors").exists()
+    evaluated = [e["step"] for e in state["log_history"] if "eval/cogfm_chains_op2/exact_match" in e]
+    assert evaluated == [0, 2, 4] and (tmp_path / "out" / "README.md").exists()
 
 
 def test_the_default_recipe_runs_with_a_small_max_steps(tmp_path):
