@@ -117,6 +117,7 @@ def test_gold_solutions_score_100_percent_on_every_item(task_manager):
         else:
             assert flat[f"{name}/exact_match"] == 1.0, name
     assert flat["cogfm_reasoning/exact_match"] == flat["cogfm_chains_ood/exact_match"] == 1.0
+    assert flat["cogfm_self_correction/self_corrected"] == 1.0 and flat["cogfm_self_correction/false_marker_rate"] == 0.0
 
 
 def test_wrong_answers_score_0_percent_on_every_item(task_manager):
@@ -129,7 +130,8 @@ def test_wrong_answers_score_0_percent_on_every_item(task_manager):
             assert flat[f"{name}/exact_match"] == flat[f"{name}/false_marker_rate"] == 0.0, name
         else:
             assert flat[f"{name}/exact_match"] == 0.0, name
-    assert flat["cogfm_reasoning/exact_match"] == 0.0
+    assert flat["cogfm_reasoning/exact_match"] == flat["cogfm_self_correction/self_corrected"] == 0.0
+    assert flat["cogfm_self_correction/marker_rate"] == 1.0 and flat["cogfm_next_step/acc"] == 0.0
 
 
 def _utils():

@@ -183,7 +183,8 @@ def render(tasks: dict, per_set: int) -> dict[str, bytes]:
             next_step.append(f"cogfm_{test_set}")
 
     files["_cogfm_self_correction.yaml"] = _dump(_group("cogfm_self_correction", self_correction,
-                                                       ["self_corrected", "marker_rate", "exact_match"], "none"))
+                                                       ["self_corrected", "marker_rate", "false_marker_rate",
+                                                        "exact_match"], "none"))
     files["_cogfm_next_step.yaml"] = _dump(_group("cogfm_next_step", next_step, ["acc"], "none"))
     # The headline number: exact match over every generation task (the other subgroups have their own metrics).
     top = _group("cogfm_reasoning", subgroups + ["cogfm_self_correction", "cogfm_next_step"], ["exact_match"],
