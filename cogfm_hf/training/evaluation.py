@@ -21,7 +21,6 @@ from transformers import TrainerCallback
 
 EVAL_TASKS_DIR = Path(__file__).resolve().parents[2] / "eval_tasks"
 DIFFICULTY_METRIC_DIR = EVAL_TASKS_DIR / "metrics" / "exact_match_by_difficulty"
-_NOT_SCORES = {"alias", "name", "sample_len", "sample_count", " "}
 
 
 @dataclass
@@ -65,16 +64,11 @@ def run_lm_eval(model, tokenizer, tasks: list[str], limit: int | None, batch_siz
 
 
 def scores(results: dict) -> dict[str, float]:
-    """Flat {"<task or group>/<metric>": value} from lm-eval results ("exact_match,extract_answer" -> "exact_match")."""
-    flat = {}
-    for section in ("results", "groups"):
-        for name, values in results.get(section, {}).items():
-            for key, value in values.items():
-                metric = key.split(",")[0]
-                if metric in _NOT_SCORES or metric.endswith("_stderr") or not isinstance(value, (int, float)):
-                    continue
-                flat[f"{name}/{metric}"] = float(value)
-    return flat
+    """Flat {"<task or group>/<metric>": value} from lm-eval results ("exact_match,extract_answer" -> "exact_match");
+    lm-eval lists groups among the results too."""
+    return {f"{name}/{key.split(',')[0]}": float(value)
+            for name, values in results.get("results", {}).items() for key, value in values.items()
+            if "," in key and "_stderr" not in key and isinstance(value, (int, float))}
 
 
 def accuracy_by_difficulty(results: dict) -> dict[str, dict[int, float]]:
