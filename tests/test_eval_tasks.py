@@ -17,13 +17,16 @@ from lm_eval.tasks import TaskManager
 
 from cogfm_hf import CogFMForCausalLM
 from cogfm_hf.tasks.answers import ANSWER_PREFIX, BACK
+from cogfm_hf.tasks.base import is_held_out
 from cogfm_hf.training.evaluation import EVAL_TASKS_DIR, scores
 
 from .conftest import PRETRAINED_EVAL, run_isolated_python
 
-# Every task file (group files list tasks; task files name one).
-TASK_NAMES = sorted(config["task"] for config in map(lambda p: yaml.safe_load(p.read_text()), EVAL_TASKS_DIR.glob("cogfm_*.yaml"))
-                    if isinstance(config.get("task"), str))
+# Every task file (group files list tasks; task files name one): the test tasks, and the dev sets beside them.
+ALL_TASK_NAMES = sorted(config["task"] for config in map(lambda p: yaml.safe_load(p.read_text()), EVAL_TASKS_DIR.glob("cogfm_*.yaml"))
+                        if isinstance(config.get("task"), str))
+TASK_NAMES = [name for name in ALL_TASK_NAMES if not name.endswith("_dev")]
+DEV_TASK_NAMES = [name for name in ALL_TASK_NAMES if name.endswith("_dev")]
 MANIFEST = json.loads((EVAL_TASKS_DIR / "data" / "manifest.json").read_text())
 
 
@@ -34,8 +37,9 @@ def task_manager():
 
 def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
     assert len(TASK_NAMES) == 25 + 4 + 2  # generation buckets, self-correction per task, next-step tasks
+    assert DEV_TASK_NAMES == sorted(f"{name}_dev" for name in TASK_NAMES if not name.endswith(("_next_step", "_self_correction")))
     lm_eval = Path(sys.executable).parent / "lm_eval"
-    result = subprocess.run([str(lm_eval), "validate", "--tasks", ",".join(["cogfm_reasoning", *TASK_NAMES]),
+    result = subprocess.run([str(lm_eval), "validate", "--tasks", ",".join(["cogfm_reasoning", "cogfm_dev", *ALL_TASK_NAMES]),
                              "--include_path", str(EVAL_TASKS_DIR)], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0 and "All tasks found and valid" in result.stdout, result.stdout + result.stderr
 
@@ -50,6 +54,21 @@ def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
             kwargs = task.config.generation_kwargs
             assert "\n\n" in kwargs["until"] and not kwargs["do_sample"], name
             assert kwargs["max_gen_toks"] >= max(len(d["solution"].encode()) for d in docs), name
+
+
+def test_dev_sets_come_from_training_templates_and_share_no_problem_with_test(task_manager):
+    """Choices (a learning rate, the best arm of an ablation) are made on the dev sets, never on test."""
+    dev_tasks = task_manager.load(["cogfm_dev"])["tasks"]
+    assert sorted(dev_tasks) == DEV_TASK_NAMES
+    test_prompts = {json.loads(line)["prompt"] for path in (EVAL_TASKS_DIR / "data").glob("*.jsonl")
+                    if not path.stem.endswith("_dev") for line in path.read_text().splitlines()}
+    for name, task in dev_tasks.items():
+        docs = list(task.test_docs())
+        test = task_manager.load([name.removesuffix("_dev")])["tasks"][name.removesuffix("_dev")]
+        assert len(docs) == 100 and MANIFEST["files"][f"{task.config.dataset_kwargs['test_set']}.jsonl"]["split"] == "dev"
+        assert {d["difficulty"] for d in docs} == {d["difficulty"] for d in test.test_docs()}, name  # the same bucket
+        assert not any(is_held_out(d["template_id"]) for d in docs), name
+        assert not {d["prompt"] for d in docs} & test_prompts, name
 
 
 def _wrong_answer(doc) -> str:
@@ -100,7 +119,7 @@ class ReferenceLM(LM):
 
 
 def _evaluate(model, task_manager) -> dict:
-    return simple_evaluate(model=model, tasks=["cogfm_reasoning"], task_manager=task_manager, limit=None,
+    return simple_evaluate(model=model, tasks=["cogfm_reasoning", "cogfm_dev"], task_manager=task_manager, limit=None,
                            bootstrap_iters=0)
 
 
@@ -108,7 +127,7 @@ def test_gold_solutions_score_100_percent_on_every_item(task_manager):
     model = ReferenceLM(right=True)
     flat = scores(_evaluate(model, task_manager))
     assert model.contexts_ok
-    for name in TASK_NAMES:
+    for name in ALL_TASK_NAMES:
         if name.endswith("_next_step"):
             assert flat[f"{name}/acc"] == 1.0, name
         elif name.endswith("_self_correction"):
@@ -122,7 +141,7 @@ def test_gold_solutions_score_100_percent_on_every_item(task_manager):
 
 def test_wrong_answers_score_0_percent_on_every_item(task_manager):
     flat = scores(_evaluate(ReferenceLM(right=False), task_manager))
-    for name in TASK_NAMES:
+    for name in ALL_TASK_NAMES:
         if name.endswith("_next_step"):
             assert flat[f"{name}/acc"] == 0.0, name
         elif name.endswith("_self_correction"):  # the marker is written where it belongs, but the answer is wrong

@@ -86,9 +86,10 @@ def test_solution_length_grows_with_difficulty(name):
     assert all(a < b for a, b in zip(means, means[1:])), means
 
 
-@pytest.mark.parametrize("name", ["chains", "logic", "code"])
+@pytest.mark.parametrize("name", ["logic", "code"])
 def test_ood_buckets_keep_prompts_in_the_training_length_range(name):
-    # Arithmetic is the exception by design: its prompt is the problem, so more digits mean a longer prompt.
+    # Arithmetic and chains are the exceptions by design: more digits, or more necessary statements (chains has
+    # too few distractors to drop), mean a longer prompt.
     task = TASKS[name]
     train_lengths = [len(e.prompt) for e in take(task.generate(1, "train", **task.train_knobs), 3000)]
     low, high = min(train_lengths), max(train_lengths)

@@ -2,7 +2,13 @@
 
 Format:
 
-    Mod 10. ka=3. lo=ka*ru. ru=5. bi=lo+ka. te=ru-ka. Find bi.
+    Mod 10.
+    ka=3.
+    lo=ka*ru.
+    ru=5.
+    bi=lo+ka.
+    te=ru-ka.
+    bi=?
     lo=ka*ru=3*5=5.
     bi=lo+ka=5+3=8.
     Answer: 8
@@ -10,9 +16,11 @@ Format:
 A random DAG of variables, each a constant or one operator (+ - *) mod P over 2..max_in_degree
 earlier variables. `op` operations are necessary for the queried variable (each uses the one before,
 so all are needed); `distractors` statements are not. The solution computes exactly the necessary
-operations in dependency order. Knobs: op, distractors, shuffle, modulus, max_in_degree,
-max_statements (caps the prompt: distractors are dropped to fit, which is how out-of-distribution
-buckets keep prompts in the training length range while op grows).
+operations in dependency order. One statement per line, and the question as `bi=?`, so that a name is
+the same token everywhere (byte-level BPE gives a word after a space its own token: with statements
+separated by spaces, `lo` in the prompt and in the solution were different tokens, and small models did
+not learn to connect them). Knobs: op, distractors, shuffle, modulus, max_in_degree,
+max_statements (caps the prompt: distractors are dropped to fit).
 """
 
 from __future__ import annotations
@@ -37,12 +45,15 @@ def apply(operator: str, values: list[int], modulus: int) -> int:
 class ChainsTask(ReasoningTask):
     name = "chains"
     difficulty_knob = "op"
-    default_knobs = dict(op=4, distractors=(0, 14), shuffle=True, modulus=10, max_in_degree=2, max_statements=None)
+    # Up to 4 distractors: with up to 14 (test sets v2), CPU-sized models stayed near chance on every op for the
+    # budgets we can afford (docs/results.md, the learnability gate).
+    default_knobs = dict(op=4, distractors=(0, 4), shuffle=True, modulus=10, max_in_degree=2, max_statements=None)
     train_knobs = dict(op=(1, 8))
     buckets = {
         **{f"op{k}": ("id", dict(op=k)) for k in (2, 4, 6, 8)},
-        # Deeper than training, same prompt length range: fewer distractors.
-        **{f"op{k}": ("ood", dict(op=k, max_statements=24)) for k in (10, 12, 14)},
+        # Deeper than training. With at most 4 distractors, deeper problems cannot keep their prompts in the
+        # training length range (as logic and code do): the extra necessary statements make them longer.
+        **{f"op{k}": ("ood", dict(op=k)) for k in (10, 12, 14)},
     }
 
     def check_knobs(self, knobs):
@@ -104,7 +115,7 @@ class ChainsTask(ReasoningTask):
         if knobs["shuffle"]:
             rng.shuffle(order)
         query = steps[-1][0]
-        prompt = f"Mod {modulus}. " + " ".join(statement(n) for n in order) + f" Find {query}.\n"
+        prompt = f"Mod {modulus}.\n" + "".join(statement(n) + "\n" for n in order) + f"{query}=?\n"
         texts, heads, results = [], [], []
         for target, operator, operands in steps:
             expression = operator.join(operands)

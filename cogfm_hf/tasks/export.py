@@ -4,6 +4,8 @@ Every item comes from a held-out template, drawn from a seed derived from (EXPOR
 
 - generation, one set per (task, bucket): the problem; the model writes a solution, scored by the
   final answer (exact match). Buckets are in- ("id") or out-of-distribution ("ood") of training.
+  Each also has a smaller *dev* set (`cogfm_<task>_<bucket>_dev`, tag `cogfm_dev`) drawn from training
+  templates: what choices such as a learning rate are made on, so the test sets stay untouched by tuning.
 - self-correction, one set per task over its training range, in pairs: the problem plus a partial
   solution that ends in a planted mistake (the same mistakes retry data is built from), where success is
   writing the BACK marker first and then the right answer; or that ends in the true start of the next
@@ -28,7 +30,7 @@ from . import answers
 from .base import HELD_OUT_FRACTION, seeded_rng
 
 # Bump whenever a generator, a bucket, a record field or the held-out split changes: results name it.
-EXPORT_VERSION = "v2"
+EXPORT_VERSION = "v3"
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "eval_tasks"
 NEXT_STEP_DISTRACTORS = 3
 _HEADER = (f"# Written by `python -m cogfm_hf.tasks export` ({EXPORT_VERSION}) from the generators in cogfm_hf/tasks:\n"
@@ -39,15 +41,16 @@ def _answer_fields(task, problem: str) -> dict:
     return dict(answer_pattern=task.answer_pattern, answer_candidates=task.answer_candidates(problem))
 
 
-def generation_records(task, bucket: str, count: int) -> list[dict]:
+def generation_records(task, bucket: str, count: int, dev: bool = False) -> list[dict]:
+    """The test set of a bucket (held-out templates), or with `dev` its dev set (training templates)."""
     kind, overrides = task.buckets[bucket]
     knobs = task.knobs(**{**task.train_knobs, **overrides})
-    rng = seeded_rng("export", EXPORT_VERSION, task.name, bucket)
+    rng = seeded_rng("export", EXPORT_VERSION, task.name, bucket, *(["dev"] if dev else []))
     records = []
     for index in range(count):
-        example = task.sample_split(rng, "heldout", knobs)
+        example = task.sample_split(rng, "train" if dev else "heldout", knobs)
         records.append(dict(
-            id=f"{task.name}/{bucket}/{index}", task=task.name, bucket=bucket, kind=kind,
+            id=f"{task.name}/{bucket}{'_dev' if dev else ''}/{index}", task=task.name, bucket=bucket, kind=kind,
             difficulty=example.difficulty, template_id=example.template_id,
             prompt=example.prompt, solution=example.solution, answer=example.answer,
             **_answer_fields(task, example.prompt),
@@ -147,10 +150,10 @@ def render(tasks: dict, per_set: int) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     manifest = {"version": EXPORT_VERSION, "held_out_fraction": HELD_OUT_FRACTION, "per_set": per_set, "files": {}}
 
-    def add_set(test_set: str, task, bucket: str, kind: str, records: list[dict]):
+    def add_set(test_set: str, task, bucket: str, kind: str, records: list[dict], split: str = "test"):
         body = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records).encode()
         files[f"data/{test_set}.jsonl"] = body
-        manifest["files"][f"{test_set}.jsonl"] = {"task": task.name, "bucket": bucket, "kind": kind,
+        manifest["files"][f"{test_set}.jsonl"] = {"task": task.name, "bucket": bucket, "kind": kind, "split": split,
                                                   "examples": len(records), "sha256": hashlib.sha256(body).hexdigest()}
 
     subgroups, self_correction, next_step = [], [], []
@@ -162,6 +165,10 @@ def render(tasks: dict, per_set: int) -> dict[str, bytes]:
             files[f"cogfm_{test_set}.yaml"] = _task_yaml("_generation_template_yaml", f"cogfm_{test_set}", test_set,
                                                          {"tag": [f"cogfm_{kind}"], **_generation_kwargs(records)})
             by_kind[kind].append(f"cogfm_{test_set}")
+            dev_set, records = f"{test_set}_dev", generation_records(task, bucket, max(1, per_set // 2), dev=True)
+            add_set(dev_set, task, bucket, kind, records, split="dev")
+            files[f"cogfm_{dev_set}.yaml"] = _task_yaml("_generation_template_yaml", f"cogfm_{dev_set}", dev_set,
+                                                        {"tag": ["cogfm_dev"], **_generation_kwargs(records)})
         for kind, names in by_kind.items():
             files[f"_cogfm_{task.name}_{kind}.yaml"] = _dump(_group(f"cogfm_{task.name}_{kind}", names, ["exact_match"],
                                                                     "extract_answer"))
