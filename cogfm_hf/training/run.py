@@ -196,6 +196,7 @@ def pretrain(recipe: TrainRecipe) -> Path:
             print("\n" + make_table(results) + ("\n" + make_table(results, "groups") if results.get("groups") else ""),
                   flush=True)
         (output / "training_summary.json").write_text(json.dumps(summary, indent=2))
+        trainer.state.save_to_json(str(output / "trainer_state.json"))  # the log history: losses, evaluations
         card = write_model_card(output, recipe=recipe.to_dict(), model=model, state=trainer.state,
                                 data_report=read_data_report(Path(load_recipe(recipe.data).output_dir)),
                                 results=results, limit=recipe.eval.final_limit,

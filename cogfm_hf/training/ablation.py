@@ -1,0 +1,409 @@
+"""The ablation of curriculum and self-correction against a plain baseline (`training/ablate.py`).
+
+An ablation recipe (training/recipes/ablation.yaml) names a base training recipe — the baseline — and
+arms that change only what they study: retry data (`retry_p`, `retry_variant`, applied to every task in
+the data mixture), the loss on mistakes (`loss`), and the data order (`curriculum`). An arm may start
+from another arm or from a selection (`like: [best_retry]`), the best of a set of arms on the dev sets.
+
+The run, in order; every step is skipped when its output exists, so the runner resumes after a crash and
+a large set runs in parts (`--arms`, `--seeds`):
+
+1. one tokenizer for every arm, trained on the baseline's data;
+2. the learning-rate sweep of the baseline (seed 0), chosen on the dev sets; every arm then uses it;
+3. each arm and seed: its data (arms with the same data share a build), `training/pretrain.py` on the
+   resolved recipe (all arms: same model, schedule, steps, batch and sequence length, so the same token
+   budget), then the lm-eval test and dev tasks on the saved checkpoint;
+4. the report (cogfm_hf.training.ablation_report): table, intervals, plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..data.recipe import RecipeError
+from .evaluation import EVAL_TASKS_DIR
+from .loss import LossConfig
+from .recipe import CurriculumConfig, apply_overrides, parse_overrides, recipe_from_dict
+
+REPO = Path(__file__).resolve().parents[2]
+PRETRAIN = REPO / "training" / "pretrain.py"
+RUN_DONE = "ablation_eval.json"  # written last, atomically: a run directory holding it is complete
+
+
+@dataclass
+class Arm:
+    """What an arm changes relative to the baseline (nothing else may differ)."""
+
+    like: list[str] = field(default_factory=list)  # arms or selections whose changes this arm starts from
+    retry_p: float | None = None
+    retry_variant: str | None = None
+    loss: dict = field(default_factory=dict)  # LossConfig fields
+    curriculum: dict = field(default_factory=dict)  # CurriculumConfig fields
+
+
+@dataclass
+class QuickConfig:
+    arms: list[str]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    output_dir: str = "outputs/ablation-quick"
+    report_dir: str | None = None  # default: output_dir
+
+
+@dataclass
+class AblationConfig:
+    base: str  # the baseline's training recipe (relative to the ablation recipe's folder)
+    arms: dict[str, Arm]
+    test_tasks: list[str]  # lm-eval generation tasks scored per item (exact match)
+    dev_tasks: list[str]  # the same buckets drawn from training templates: every choice is made on these
+    output_dir: str = "outputs/ablation"
+    report_dir: str | None = None  # where results.md and the plots go (default: output_dir)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    learning_rates: list[float] = field(default_factory=list)  # the baseline's sweep; empty: the base recipe's
+    select: dict[str, list[str]] = field(default_factory=dict)  # selection name -> candidate arms
+    self_correction_tasks: list[str] = field(default_factory=list)
+    core: list[str] = field(default_factory=list)  # the arms of the core comparison (`--core`)
+    quick: QuickConfig | None = None
+    target: float = 0.5  # tokens-to-target: in-distribution accuracy on the in-loop learning curve
+    gate: dict = field(default_factory=lambda: {"easiest": 0.8, "top": 0.5})  # the baseline's dev accuracy
+    eval_batch_size: int = 64
+    test_limit: int | None = None  # items per task (None: all); tests use a few
+
+
+def _section(cls, values, where: str):
+    if not isinstance(values, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(values).__name__}")
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise RecipeError(f"{where}: unknown field(s) {unknown}; known: {sorted(f.name for f in dataclasses.fields(cls))}")
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise RecipeError(f"{where}: {error}") from None
+
+
+def load_ablation(path: str | Path) -> tuple[AblationConfig, dict]:
+    """The ablation config and its base training recipe (as a dict), checked before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"ablation recipe {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    arms = data.get("arms")
+    if not isinstance(arms, dict) or "baseline" not in arms:
+        raise RecipeError(f"{path}: arms: give a mapping of arms that includes `baseline`")
+    data["arms"] = {name: _section(Arm, arm or {}, f"{path}: arms.{name}") for name, arm in arms.items()}
+    if data.get("quick") is not None:
+        data["quick"] = _section(QuickConfig, data["quick"], f"{path}: quick")
+    config = _section(AblationConfig, data, str(path))
+    base_path = path.parent / config.base
+    if not base_path.is_file():
+        raise RecipeError(f"{path}: base: {base_path} does not exist")
+    base = yaml.safe_load(base_path.read_text()) or {}
+    recipe_from_dict(copy.deepcopy(base), str(base_path))  # fails early on a bad base recipe
+    names = set(config.arms) | set(config.select)
+    for name, arm in config.arms.items():
+        for ref in arm.like:
+            if ref not in names or ref == name:
+                raise RecipeError(f"{path}: arms.{name}.like: {ref!r} is not another arm or a selection {sorted(config.select)}")
+        _section(LossConfig, arm.loss, f"{path}: arms.{name}.loss")
+        _section(CurriculumConfig, arm.curriculum, f"{path}: arms.{name}.curriculum")
+    for name, candidates in config.select.items():
+        missing = [c for c in candidates if c not in config.arms]
+        if missing or not candidates:
+            raise RecipeError(f"{path}: select.{name}: unknown arm(s) {missing}" if missing else f"{path}: select.{name}: empty")
+    for listed in (config.core, config.quick.arms if config.quick else []):
+        missing = [a for a in listed if a not in config.arms]
+        if missing:
+            raise RecipeError(f"{path}: unknown arm(s) {missing} in core/quick")
+    return config, base
+
+
+# -- resolving arms into training recipes -----------------------------------------------------------
+def merged_changes(config: AblationConfig, name: str, choices: dict[str, str], seen=()) -> dict:
+    """An arm's changes as {"retry_p", "retry_variant", "loss", "curriculum"}, after its `like` chain.
+    `choices` maps each selection to its chosen arm; a missing choice raises KeyError (not decided yet)."""
+    if name in seen:
+        raise RecipeError(f"arms: `like` cycle through {name!r}")
+    if name in config.select:
+        return merged_changes(config, choices[name], choices, (*seen, name))
+    arm = config.arms[name]
+    changes: dict = {"loss": {}, "curriculum": {}}
+    for ref in arm.like:
+        inherited = merged_changes(config, ref, choices, (*seen, name))
+        for key, value in inherited.items():
+            changes[key] = {**changes.get(key, {}), **value} if isinstance(value, dict) else value
+    for key in ("retry_p", "retry_variant"):
+        if getattr(arm, key) is not None:
+            changes[key] = getattr(arm, key)
+    changes["loss"] = {**changes["loss"], **arm.loss}
+    changes["curriculum"] = {**changes["curriculum"], **arm.curriculum}
+    return changes
+
+
+def arm_recipe(base: dict, changes: dict, *, seed: int, learning_rate: float, run_dir: Path, data_root: Path,
+               tokenizer_dir: Path | None) -> dict:
+    """The full training recipe of one run: the base recipe plus the arm's changes, the seed, the chosen
+    learning rate and where things go. Nothing else is touched (tests compare resolved recipes)."""
+    recipe = copy.deepcopy(base)
+    for source in recipe["data"].get("sources", []):
+        if source.get("type") == "tasks":
+            for component in source["mixture"]:
+                for key in ("retry_p", "retry_variant"):
+                    if key in changes:
+                        component[key] = changes[key]
+    recipe["loss"] = {**(recipe.get("loss") or {}), **changes.get("loss", {})}
+    recipe["curriculum"] = {**(recipe.get("curriculum") or {}), **changes.get("curriculum", {})}
+    recipe["training"] = {**recipe["training"], "seed": seed, "learning_rate": learning_rate,
+                          "output_dir": str(run_dir)}
+    if tokenizer_dir is not None:
+        recipe["data"]["tokenizer"] = {**recipe["data"].get("tokenizer", {}), "path": str(tokenizer_dir)}
+    # Arms with the same data share one build: the folder is named by the data section's content.
+    recipe["data"]["output_dir"] = str(data_root / data_key(recipe["data"]))
+    return recipe
+
+
+def data_key(data: dict) -> str:
+    import hashlib
+
+    blob = json.dumps({k: v for k, v in data.items() if k != "output_dir"}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def run_name(arm: str, learning_rate: float, seed: int) -> str:
+    return f"{arm}-lr{learning_rate:g}-seed{seed}"
+
+
+# -- running ----------------------------------------------------------------------------------------
+class Ablation:
+    def __init__(self, config: AblationConfig, base: dict, overrides: list[str], output_dir: Path, report_dir: Path):
+        self.config = config
+        self.base = apply_overrides(base, parse_overrides(overrides))
+        recipe_from_dict(copy.deepcopy(self.base), "base recipe with overrides")
+        self.output_dir, self.report_dir = output_dir, report_dir
+        self.runs_dir, self.data_root = output_dir / "runs", output_dir / "data"
+        self.tokenizer_dir = output_dir / "tokenizer"
+        self.log_path = output_dir / "ablation_log.jsonl"
+
+    def log(self, **event):
+        event = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), **event}
+        print(f"[ablation] {json.dumps(event)}", flush=True)
+        with self.log_path.open("a") as handle:
+            handle.write(json.dumps(event) + "\n")
+
+    def shared_tokenizer(self) -> None:
+        """Train the tokenizer once, on the baseline's data, so every arm tokenises alike."""
+        if (self.tokenizer_dir / "tokenizer.json").is_file():
+            return
+        from ..data import build, load_recipe
+
+        data = copy.deepcopy(self.base["data"])
+        data["output_dir"] = str(self.output_dir / "tokenizer_build")
+        built = build(load_recipe(data))
+        tokenizer = Path(built) / "tokenizer"
+        partial = self.tokenizer_dir.with_name("tokenizer.partial")
+        subprocess.run(["rm", "-rf", str(partial)], check=True)
+        subprocess.run(["cp", "-r", str(tokenizer), str(partial)], check=True)
+        partial.rename(self.tokenizer_dir)
+        self.log(event="tokenizer", path=str(self.tokenizer_dir))
+
+    def run(self, arm: str, changes: dict, seed: int, learning_rate: float) -> dict:
+        """Train and evaluate one run (or read its results if it is complete)."""
+        run_dir = self.runs_dir / run_name(arm, learning_rate, seed)
+        done = run_dir / RUN_DONE
+        if done.is_file():
+            return json.loads(done.read_text())
+        if run_dir.exists():  # an interrupted run: start it again from scratch
+            subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+        run_dir.mkdir(parents=True)
+        recipe = arm_recipe(self.base, changes, seed=seed, learning_rate=learning_rate, run_dir=run_dir,
+                            data_root=self.data_root, tokenizer_dir=self.tokenizer_dir)
+        recipe_path = run_dir / "ablation_recipe.yaml"
+        recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        self.log(event="start", run=run_dir.name, arm=arm, seed=seed, learning_rate=learning_rate, changes=changes)
+        start = time.perf_counter()
+        with (run_dir / "train.log").open("w") as log:
+            result = subprocess.run([sys.executable, str(PRETRAIN), str(recipe_path)], stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=REPO)
+        if result.returncode != 0:
+            tail = (run_dir / "train.log").read_text()[-3000:]
+            raise RuntimeError(f"run {run_dir.name} failed (exit {result.returncode}); its log: {run_dir / 'train.log'}\n{tail}")
+        train_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        evaluation = evaluate_checkpoint(run_dir, self.config.test_tasks + self.config.self_correction_tasks,
+                                         self.config.dev_tasks, self.config.test_limit, self.config.eval_batch_size)
+        summary = json.loads((run_dir / "training_summary.json").read_text())
+        state = json.loads((run_dir / "trainer_state.json").read_text())
+        record = {"arm": arm, "seed": seed, "learning_rate": learning_rate, "changes": changes,
+                  "run": run_dir.name, "train_seconds": round(train_seconds, 1),
+                  "eval_seconds": round(time.perf_counter() - start, 1),
+                  "global_step": summary["global_step"], "num_input_tokens_seen": summary["num_input_tokens_seen"],
+                  "token_slots": summary["global_step"] * recipe["training"]["per_device_train_batch_size"]
+                  * recipe["training"].get("gradient_accumulation_steps", 1) * recipe["data"]["pack"]["seq_len"],
+                  "curve": learning_curve(state["log_history"]), **evaluation}
+        partial = done.with_suffix(".partial")
+        partial.write_text(json.dumps(record))
+        partial.replace(done)
+        self.log(event="done", run=run_dir.name, train_seconds=record["train_seconds"],
+                 eval_seconds=record["eval_seconds"], tokens=record["num_input_tokens_seen"])
+        return record
+
+
+def learning_curve(log_history: list[dict]) -> list[dict]:
+    """The in-loop evaluations: tokens seen and each task's exact match."""
+    curve = []
+    for entry in log_history:
+        accuracies = {k.split("/")[1]: v for k, v in entry.items()
+                      if k.startswith("eval/") and k.endswith("/exact_match")}
+        if accuracies:
+            curve.append({"step": entry.get("step", 0), "tokens": entry.get("num_input_tokens_seen", 0),
+                          "exact_match": accuracies})
+    return curve
+
+
+def evaluate_checkpoint(checkpoint: Path, test_tasks: list[str], dev_tasks: list[str], limit: int | None,
+                        batch_size: int) -> dict:
+    """lm-eval on a saved checkpoint, loaded the way the `lm_eval --model hf` CLI loads it. Per test item:
+    correct or not, and whether the generated text holds the BACK marker (its order is the test set's)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from ..tasks import BACK
+
+    manager = TaskManager(include_path=str(EVAL_TASKS_DIR))
+    model_args = {"pretrained": str(checkpoint), "trust_remote_code": True, "dtype": "float32"}
+    results = simple_evaluate(model="hf", model_args=model_args, tasks=test_tasks + dev_tasks, task_manager=manager,
+                              limit=limit, batch_size=batch_size, device="cpu", log_samples=True)
+    out: dict = {"test": {}, "dev": {}, "self_correction": {}}
+    for task, samples in results["samples"].items():
+        samples = sorted(samples, key=lambda s: s["doc_id"])
+        doc = samples[0]["doc"]
+        if doc.get("bucket") == "self_correction":
+            out["self_correction"][task] = {k.split(",")[0]: v for k, v in results["results"][task].items()
+                                            if "," in k and "stderr" not in k and isinstance(v, (int, float))}
+            continue
+        out["dev" if task in dev_tasks else "test"][task] = {
+            "difficulty": doc["difficulty"],
+            "correct": [int(s["exact_match"]) for s in samples],
+            "marker": [int(BACK in s["resps"][0][0]) for s in samples],
+        }
+    return out
+
+
+# -- the plan -----------------------------------------------------------------------------------------
+def dev_score(record: dict) -> float:
+    """Mean exact match over every dev item (in- and out-of-distribution buckets alike)."""
+    items = [c for task in record["dev"].values() for c in task["correct"]]
+    return sum(items) / max(1, len(items))
+
+
+def execute(config: AblationConfig, ablation: Ablation, arms: list[str], seeds: list[int], sweep: bool) -> dict:
+    started = time.perf_counter()
+    ablation.output_dir.mkdir(parents=True, exist_ok=True)
+    ablation.shared_tokenizer()
+    base_lr = float(ablation.base["training"]["learning_rate"])
+    records: list[dict] = []
+    learning_rate = base_lr
+    if sweep and config.learning_rates:
+        sweep_records = [ablation.run("baseline", {}, config.seeds[0], lr) for lr in config.learning_rates]
+        records += sweep_records
+        learning_rate = max(sweep_records, key=dev_score)["learning_rate"]
+        ablation.log(event="learning_rate", chosen=learning_rate,
+                     dev={r["learning_rate"]: round(dev_score(r), 4) for r in sweep_records})
+    choices: dict[str, str] = {}
+    waiting: list[str] = []
+    for arm in arms:
+        decide_selections(config, ablation, choices, learning_rate)
+        try:
+            changes = merged_changes(config, arm, choices)
+        except KeyError:
+            waiting.append(arm)
+            continue
+        for seed in seeds:
+            records.append(ablation.run(arm, changes, seed, learning_rate))
+    decide_selections(config, ablation, choices, learning_rate)
+    if waiting:
+        ablation.log(event="waiting", arms=waiting, why="a selection they start from has arms that have not run "
+                                                      "with every seed yet: run those first")
+    return {"records": records, "learning_rate": learning_rate, "choices": choices, "waiting": waiting,
+            "seconds": time.perf_counter() - started}
+
+
+def decide_selections(config: AblationConfig, ablation: Ablation, choices: dict[str, str], learning_rate: float) -> None:
+    """Choose each selection whose candidate arms have all run with every seed (at the chosen learning
+    rate): the one with the best mean dev score. Decided from the completed runs on disk, so a set run in
+    parts decides the same way."""
+    records = [r for r in completed_records(ablation.runs_dir) if r["learning_rate"] == learning_rate]
+    for selection, candidates in config.select.items():
+        if selection in choices:
+            continue
+        scores = {}
+        for arm in candidates:
+            runs = [r for r in records if r["arm"] == arm and r["seed"] in config.seeds]
+            if len(runs) < len(config.seeds):
+                break
+            scores[arm] = sum(map(dev_score, runs)) / len(runs)
+        else:
+            choices[selection] = max(candidates, key=scores.get)
+            ablation.log(event="selection", name=selection, chosen=choices[selection],
+                         dev={a: round(v, 4) for a, v in scores.items()})
+
+
+def completed_records(runs_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(runs_dir.glob(f"*/{RUN_DONE}"))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="training/ablate.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", nargs="?", default=str(REPO / "training" / "recipes" / "ablation.yaml"))
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--quick", action="store_true", help="the recipe's reduced set (fewer arms, one seed)")
+    scope.add_argument("--core", action="store_true", help="the core comparison only")
+    scope.add_argument("--arms", help="comma-separated arms to run (default: all)")
+    parser.add_argument("--seeds", help="comma-separated seeds (default: the recipe's)")
+    parser.add_argument("--output_dir", help="override the recipe's output_dir (and report_dir)")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the completed runs")
+    args, overrides = parser.parse_known_args(argv)
+    from .ablation_report import write_report
+
+    try:
+        config, base = load_ablation(args.recipe)
+        arms, seeds = list(config.arms), config.seeds
+        output_dir, report_dir = config.output_dir, config.report_dir
+        if args.quick:
+            if config.quick is None:
+                raise RecipeError(f"{args.recipe}: no `quick:` section")
+            arms, seeds = config.quick.arms, config.quick.seeds
+            output_dir, report_dir = config.quick.output_dir, config.quick.report_dir
+        elif args.core:
+            arms = config.core
+        elif args.arms:
+            arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+            unknown = [a for a in arms if a not in config.arms]
+            if unknown:
+                raise RecipeError(f"--arms: unknown arm(s) {unknown}; the recipe has {sorted(config.arms)}")
+        if args.seeds:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        if args.output_dir:
+            output_dir, report_dir = args.output_dir, None
+        output_dir = Path(output_dir)
+        report_dir = Path(report_dir) if report_dir else output_dir
+        ablation = Ablation(config, base, overrides, output_dir, report_dir)
+    except RecipeError as error:
+        sys.exit(f"recipe error: {error}")
+    if not args.report_only:
+        outcome = execute(config, ablation, arms, seeds, sweep=not args.quick)
+        ablation.log(event="finished", seconds=round(outcome["seconds"], 1), runs=len(outcome["records"]),
+                     waiting=outcome["waiting"])
+    command = " ".join(["python training/ablate.py", *(sys.argv[1:] if argv is None else argv)])
+    report = write_report(config, ablation.base, completed_records(ablation.runs_dir), report_dir, command)
+    print(f"report: {report}", flush=True)

@@ -1,0 +1,262 @@
+"""The ablation's report: `results.md`, `results.json` and two plots, from the completed runs alone.
+
+Every number comes from a run's `ablation_eval.json`: lm-eval's per-item exact match on the saved
+checkpoint (test and dev sets), its in-loop learning curve and its training summary.
+
+- In- and out-of-distribution: a test task is in-distribution when its difficulty is within the base
+  recipe's training range for that task.
+- Mean ± std over seeds (sample std).
+- Arm minus baseline: a paired bootstrap over test items (the same items for both; resampled with
+  replacement, 2,000 times, fixed seed), of the difference averaged over the seeds both arms ran.
+- Tokens to target: the non-padding tokens at the first in-loop evaluation whose in-distribution
+  accuracy reaches `target` (resolution: the evaluation cadence).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .plots import plt
+from .run import training_difficulty_tops
+
+BOOTSTRAP_SAMPLES = 2000
+
+
+def _ratio(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def split_tasks(records: list[dict], tops: dict[str, int]) -> dict[str, str]:
+    """Test task -> "id" / "ood", by its difficulty against the training range."""
+    kinds = {}
+    for record in records:
+        for task, result in record["test"].items():
+            family = task.removeprefix("cogfm_").split("_")[0]
+            kinds[task] = "id" if result["difficulty"] <= tops.get(family, math.inf) else "ood"
+    return kinds
+
+
+def items(record: dict, tasks: list[str]) -> np.ndarray:
+    return np.array([c for task in tasks for c in record["test"][task]["correct"]], dtype=np.float64)
+
+
+def paired_bootstrap(arm_runs: list[dict], base_runs: list[dict], tasks: list[str], rng: np.random.Generator):
+    """95% interval of mean-over-seeds (arm accuracy - baseline accuracy), items resampled jointly."""
+    base_by_seed = {r["seed"]: r for r in base_runs}
+    pairs = [(items(r, tasks), items(base_by_seed[r["seed"]], tasks)) for r in arm_runs if r["seed"] in base_by_seed]
+    if not pairs or not tasks:
+        return None
+    differences = np.stack([a - b for a, b in pairs])  # seeds x items
+    n = differences.shape[1]
+    draws = rng.integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
+    estimates = differences[:, draws].mean(axis=2).mean(axis=0)
+    return float(differences.mean()), float(np.percentile(estimates, 2.5)), float(np.percentile(estimates, 97.5))
+
+
+def tokens_to_target(record: dict, id_tasks: list[str], target: float) -> int | None:
+    for point in record["curve"]:
+        scores = [v for task, v in point["exact_match"].items() if task in id_tasks]
+        if scores and _ratio(scores) >= target:
+            return point["tokens"]
+    return None
+
+
+def summarise(config, base: dict, records: list[dict]) -> dict:
+    tops = training_difficulty_tops(base["data"])
+    kinds = split_tasks(records, tops)
+    learning_rates = sorted({r["learning_rate"] for r in records if r["arm"] != "baseline"}) or \
+        sorted({r["learning_rate"] for r in records})
+    chosen_lr = learning_rates[0] if len(learning_rates) == 1 else None
+    sweep = {}
+    for record in records:
+        if record["arm"] == "baseline" and record["seed"] == config.seeds[0]:
+            sweep[record["learning_rate"]] = {
+                "dev": round(_ratio(c for t in record["dev"].values() for c in t["correct"]), 4),
+                "train_seconds": record["train_seconds"]}
+    if chosen_lr is None and sweep:
+        chosen_lr = max(sweep, key=lambda lr: sweep[lr]["dev"])
+    main = [r for r in records if r["learning_rate"] == chosen_lr]
+    by_arm: dict[str, list[dict]] = {}
+    for record in main:
+        by_arm.setdefault(record["arm"], []).append(record)
+    id_tasks = sorted((t for t, k in kinds.items() if k == "id"), key=lambda t: (t, ))
+    ood_tasks = sorted(t for t, k in kinds.items() if k == "ood")
+    rng = np.random.default_rng(0)
+    arms = {}
+    for arm in [a for a in config.arms if a in by_arm]:
+        runs = sorted(by_arm[arm], key=lambda r: r["seed"])
+        row = {"seeds": [r["seed"] for r in runs], "changes": runs[0]["changes"],
+               "tokens": [r["num_input_tokens_seen"] for r in runs], "token_slots": [r["token_slots"] for r in runs],
+               "steps": [r["global_step"] for r in runs],
+               "seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in runs), 1)}
+        for kind, tasks in (("id", id_tasks), ("ood", ood_tasks)):
+            row[kind] = _mean_std([float(items(r, tasks).mean()) for r in runs]) if tasks else None
+            if arm != "baseline" and "baseline" in by_arm:
+                row[f"{kind}_vs_baseline"] = paired_bootstrap(runs, by_arm["baseline"], tasks, rng)
+        row["by_task"] = {t: _mean_std([float(np.mean(r["test"][t]["correct"])) for r in runs])
+                          for t in id_tasks + ood_tasks}
+        reached = [tokens_to_target(r, id_tasks, config.target) for r in runs]
+        row["tokens_to_target"] = reached
+        row["marker_rate"] = _mean_std([_ratio(m for t in r["test"].values() for m in t["marker"]) for r in runs])
+        row["self_correction"] = {
+            metric: _mean_std([v[metric] for r in runs for v in r["self_correction"].values() if metric in v])
+            for metric in ("marker_rate", "false_marker_rate", "self_corrected")}
+        row["curve"] = [r["curve"] for r in runs]
+        arms[arm] = row
+    gate = None
+    if "baseline" in by_arm:
+        dev_id = sorted(((t, v) for r in by_arm["baseline"] for t, v in r["dev"].items()
+                         if kinds.get(t.removesuffix("_dev")) == "id"), key=lambda tv: tv[1]["difficulty"])
+        if dev_id:
+            easiest = [t for t, v in dev_id if v["difficulty"] == dev_id[0][1]["difficulty"]]
+            top = [t for t, v in dev_id if v["difficulty"] == dev_id[-1][1]["difficulty"]]
+            score = lambda tasks: _ratio(c for r in by_arm["baseline"] for t in set(tasks)  # noqa: E731
+                                         for c in r["dev"][t]["correct"])
+            gate = {"easiest": {"task": easiest[0], "dev": round(score(easiest), 4), "needed": config.gate["easiest"]},
+                    "top": {"task": top[0], "dev": round(score(top), 4), "needed": config.gate["top"]}}
+            gate["passed"] = gate["easiest"]["dev"] >= gate["easiest"]["needed"] and gate["top"]["dev"] >= gate["top"]["needed"]
+    return {"learning_rate": chosen_lr, "sweep": sweep, "id_tasks": id_tasks, "ood_tasks": ood_tasks,
+            "training_tops": tops, "arms": arms, "gate": gate, "target": config.target,
+            "difficulty": {t: r["test"][t]["difficulty"] for r in records for t in r["test"]},
+            "total_seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in records), 1),
+            "runs": len(records)}
+
+
+def _pct(pair) -> str:
+    if pair is None or pair[0] != pair[0]:
+        return "–"
+    return f"{100 * pair[0]:.1f} ± {100 * pair[1]:.1f}"
+
+
+def _interval(triple) -> str:
+    if triple is None:
+        return "–"
+    return f"{100 * triple[0]:+.1f} [{100 * triple[1]:+.1f}, {100 * triple[2]:+.1f}]"
+
+
+def _tokens(reached: list) -> str:
+    got = [t for t in reached if t is not None]
+    if not got:
+        return f"not reached (0/{len(reached)})"
+    text = f"{np.mean(got) / 1e6:.2f} M"
+    return text if len(got) == len(reached) else f"{text} ({len(got)}/{len(reached)} reached)"
+
+
+def _changes(changes: dict) -> str:
+    parts = [f"{k}={v}" for k, v in changes.items() if not isinstance(v, dict)]
+    parts += [f"{section}.{k}={v}" for section in ("loss", "curriculum") for k, v in changes.get(section, {}).items()]
+    return ", ".join(parts) or "(none)"
+
+
+def markdown(summary: dict, command: str) -> str:
+    lines = [
+        "| arm | changes vs baseline | seeds | ID exact match | OOD exact match | ID − baseline [95% CI] "
+        "| OOD − baseline [95% CI] | tokens to target | marker rate (test) | self-correction: marker / false marker |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    for arm, row in summary["arms"].items():
+        sc = row["self_correction"]
+        lines.append(
+            f"| {arm} | {_changes(row['changes'])} | {len(row['seeds'])} | {_pct(row['id'])} | {_pct(row['ood'])} "
+            f"| {_interval(row.get('id_vs_baseline'))} | {_interval(row.get('ood_vs_baseline'))} "
+            f"| {_tokens(row['tokens_to_target'])} | {_pct(row['marker_rate'])} "
+            f"| {_pct(sc['marker_rate'])} / {_pct(sc['false_marker_rate'])} |")
+    per_task = ["| arm | " + " | ".join(f"{t.removeprefix('cogfm_')} ({'ID' if t in summary['id_tasks'] else 'OOD'})"
+                                       for t in summary["id_tasks"] + summary["ood_tasks"]) + " |",
+                "|---|" + "---|" * (len(summary["id_tasks"]) + len(summary["ood_tasks"]))]
+    for arm, row in summary["arms"].items():
+        per_task.append(f"| {arm} | " + " | ".join(_pct(row["by_task"][t]) for t in summary["id_tasks"] + summary["ood_tasks"]) + " |")
+    tokens = ["| arm | optimizer steps | token slots (steps × batch × seq_len) | non-padding tokens per seed | train + eval time |",
+              "|---|---|---|---|---|"]
+    for arm, row in summary["arms"].items():
+        tokens.append(f"| {arm} | {sorted(set(row['steps']))} | {sorted(set(row['token_slots']))} "
+                      f"| {', '.join(f'{t:,}' for t in row['tokens'])} | {row['seconds'] / 60:.1f} min |")
+    sweep = ["| learning rate | baseline dev exact match (seed 0) | train time |", "|---|---|---|"]
+    sweep += [f"| {lr:g}{' (chosen)' if lr == summary['learning_rate'] else ''} | {100 * v['dev']:.1f}% "
+              f"| {v['train_seconds'] / 60:.1f} min |" for lr, v in sorted(summary["sweep"].items())]
+    gate = summary["gate"]
+    gate_text = "not measured (no baseline run)" if gate is None else (
+        f"{'passed' if gate['passed'] else 'NOT passed'}: baseline dev exact match {100 * gate['easiest']['dev']:.1f}% on "
+        f"`{gate['easiest']['task']}` (needed {100 * gate['easiest']['needed']:.0f}%) and {100 * gate['top']['dev']:.1f}% on "
+        f"`{gate['top']['task']}` (needed {100 * gate['top']['needed']:.0f}%), mean over seeds.")
+    return "\n".join([
+        f"Reproduce: `{command}`. {summary['runs']} runs, {summary['total_seconds'] / 60:.1f} min of training and "
+        f"evaluation. Learning rate {summary['learning_rate']:g} for every arm. Training range: "
+        f"{', '.join(f'{k} ≤ {v}' for k, v in summary['training_tops'].items())}; in-distribution (ID) test tasks: "
+        f"{', '.join(summary['id_tasks'])}; out-of-distribution (OOD): {', '.join(summary['ood_tasks']) or '–'}.",
+        "", f"**Learnability gate**: {gate_text}", "",
+        "Exact match in %, mean ± std over seeds, on the full test sets of the saved checkpoints; the interval is "
+        "a paired bootstrap over test items. Tokens to target: non-padding tokens until the in-loop ID accuracy "
+        f"reaches {100 * summary['target']:.0f}%. Marker rate (test): share of generated test solutions that write "
+        "the BACK marker.", "", *lines, "", "Per task:", "", *per_task, "", "Budget per arm:", "", *tokens, "",
+        "Baseline learning-rate sweep (chosen on the dev sets, never on test):", "", *sweep, ""])
+
+
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_by_op(summary: dict, path: Path) -> Path | None:
+    if not summary["arms"]:
+        return None
+    tasks = sorted(summary["id_tasks"] + summary["ood_tasks"], key=lambda t: summary["difficulty"][t])
+    x = [summary["difficulty"][t] for t in tasks]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, row in summary["arms"].items():
+        means = [100 * row["by_task"][t][0] for t in tasks]
+        stds = [100 * row["by_task"][t][1] for t in tasks]
+        ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=arm)
+    for top in summary["training_tops"].values():
+        ax.axvline(top + 0.5, color="gray", linestyle=":")
+    return _save(fig, ax, path, "difficulty (op); dotted line: top of the training range", "test exact match (%)",
+                 "Ablation: accuracy by difficulty (mean ± std over seeds)")
+
+
+def plot_learning_curves(summary: dict, path: Path) -> Path | None:
+    if not summary["arms"]:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, row in summary["arms"].items():
+        curves = [[(p["tokens"], _ratio(v for t, v in p["exact_match"].items() if t in summary["id_tasks"]))
+                   for p in curve] for curve in row["curve"]]
+        length = min(len(c) for c in curves)
+        if length == 0:
+            continue
+        tokens = [np.mean([c[i][0] for c in curves]) / 1e6 for i in range(length)]
+        accuracy = [100 * np.mean([c[i][1] for c in curves]) for i in range(length)]
+        ax.plot(tokens, accuracy, marker=".", label=arm)
+    ax.axhline(100 * summary["target"], color="gray", linestyle=":")
+    return _save(fig, ax, path, "non-padding training tokens (M)", "in-loop ID exact match (%)",
+                 "Ablation: learning curves (mean over seeds)")
+
+
+def write_report(config, base: dict, records: list[dict], report_dir: Path, command: str) -> Path:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarise(config, base, records)
+    (report_dir / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+    plots = [plot_accuracy_by_op(summary, report_dir / "ablation-accuracy-by-op.png"),
+             plot_learning_curves(summary, report_dir / "ablation-learning-curves.png")]
+    body = markdown(summary, command)
+    images = "".join(f"\n![{p.stem}]({p.name})\n" for p in plots if p is not None)
+    path = report_dir / "results.md"
+    path.write_text("# Ablation results\n\n" + body + images)
+    return path

@@ -1,0 +1,174 @@
+"""The ablation runner (training/ablate.py): arms differ only in what they study, every arm trains on the same
+token budget, the quick mode runs end to end and writes a well-formed report, and the statistics are right."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from cogfm_hf.data.recipe import RecipeError
+from cogfm_hf.training.ablation import REPO, arm_recipe, load_ablation, merged_changes
+from cogfm_hf.training.ablation_report import paired_bootstrap, tokens_to_target
+
+from .conftest import tiny_recipe, write_recipe
+
+ABLATION_RECIPE = REPO / "training" / "recipes" / "ablation.yaml"
+# What each kind of change may touch in a resolved training recipe; `output_dir`s and the seed always differ.
+ALWAYS = {"training.output_dir", "training.seed", "data.output_dir"}
+
+
+def flatten(value, prefix=""):
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in flatten(item, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def differing(a: dict, b: dict) -> set[str]:
+    flat_a, flat_b = flatten(a), flatten(b)
+    return {key for key in flat_a.keys() | flat_b.keys() if flat_a.get(key) != flat_b.get(key)}
+
+
+def expected_fields(changes: dict) -> set[str]:
+    fields = set()
+    if "retry_p" in changes:
+        fields.add("data.sources.0.mixture.0.retry_p")
+    if "retry_variant" in changes:
+        fields.add("data.sources.0.mixture.0.retry_variant")
+    fields |= {f"loss.{k}" for k in changes.get("loss", {})}
+    fields |= {f"curriculum.{k}" for k in changes.get("curriculum", {})}
+    return fields
+
+
+def test_every_arm_of_the_recipe_differs_from_the_baseline_only_where_it_says(tmp_path):
+    config, base = load_ablation(ABLATION_RECIPE)
+    # Selections are decided on dev scores during a run; any choice must keep arms apart the same way.
+    choices = {name: candidates[-1] for name, candidates in config.select.items()}
+
+    def resolve(arm, seed=0):
+        return arm_recipe(base, merged_changes(config, arm, choices), seed=seed, learning_rate=1e-3,
+                          run_dir=tmp_path / arm, data_root=tmp_path / "data", tokenizer_dir=tmp_path / "tok")
+
+    baseline = resolve("baseline")
+    assert differing(baseline, base) == {"training.output_dir", "training.learning_rate",
+                                         "data.output_dir", "data.tokenizer.path"}
+    for arm in config.arms:
+        changes = merged_changes(config, arm, choices)
+        fields = differing(resolve(arm, seed=1), baseline)
+        assert fields - ALWAYS == expected_fields(changes), arm
+        assert expected_fields(changes) or arm == "baseline", f"{arm} changes nothing"
+    # Arms that study the data order train on exactly the baseline's data; retry arms on their own.
+    assert resolve("curriculum_sqrt")["data"] == baseline["data"]
+    assert resolve("retry_p0.3")["data"]["output_dir"] != baseline["data"]["output_dir"]
+    combined = merged_changes(config, "combined", choices)
+    assert combined["retry_p"] == 0.5 and combined["curriculum"] == config.arms["hard_anneal"].curriculum
+    masked = merged_changes(config, "retry_masked", choices)
+    assert masked == {"retry_p": 0.5, "loss": {"error_weight": 0.0}, "curriculum": {}}
+    with pytest.raises(KeyError):  # not decided yet: the runner waits for the candidates' runs
+        merged_changes(config, "combined", {})
+
+
+def test_bad_ablation_recipes_name_the_field(tmp_path):
+    text = ABLATION_RECIPE.read_text()
+
+    def load(edited: str):
+        path = tmp_path / "ablation.yaml"
+        path.write_text(edited)
+        (tmp_path / "ablation-base.yaml").write_text((ABLATION_RECIPE.parent / "ablation-base.yaml").read_text())
+        return load_ablation(path)
+
+    with pytest.raises(RecipeError, match=r"arms.retry_p0.1: unknown field\(s\) \['retry_q'\]"):
+        load(text.replace("retry_p0.1: {retry_p: 0.1}", "retry_p0.1: {retry_q: 0.1}"))
+    with pytest.raises(RecipeError, match="arms.combined.like: 'best_retri' is not another arm"):
+        load(text.replace("like: [best_retry, best_curriculum]", "like: [best_retri, best_curriculum]"))
+    with pytest.raises(RecipeError, match=r"arms.curriculum_sqrt.curriculum: unknown field\(s\) \['pace'\]"):
+        load(text.replace("{pacing: sqrt, c0: 0.2, pacing_fraction: 0.8}}", "{pace: sqrt}}"))
+    with pytest.raises(RecipeError, match="base: .*nowhere.yaml does not exist"):
+        load(text.replace("base: ablation-base.yaml", "base: nowhere.yaml"))
+
+
+def _record(seed, correct, curve=()):
+    return {"seed": seed, "test": {"t": {"correct": list(correct)}}, "curve": list(curve)}
+
+
+def test_paired_bootstrap_and_tokens_to_target():
+    rng = np.random.default_rng(0)
+    base = [_record(s, [1, 0] * 50) for s in range(3)]
+    same = paired_bootstrap([_record(s, [1, 0] * 50) for s in range(3)], base, ["t"], rng)
+    assert same == (0.0, 0.0, 0.0)
+    better = paired_bootstrap([_record(s, [1, 1] * 50) for s in range(3)], base, ["t"], rng)
+    assert better[0] == pytest.approx(0.5) and 0.35 < better[1] < 0.5 < better[2] < 0.65
+    curve = [{"tokens": 0, "exact_match": {"a": 0.1, "b": 0.9}}, {"tokens": 500, "exact_match": {"a": 0.6, "b": 0.3}},
+             {"tokens": 900, "exact_match": {"a": 0.7, "b": 0.5}}]
+    assert tokens_to_target({"curve": curve}, ["a"], 0.6) == 500
+    assert tokens_to_target({"curve": curve}, ["a", "b"], 0.6) == 900
+    assert tokens_to_target({"curve": curve}, ["b"], 0.95) is None
+
+
+def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
+    base = tiny_recipe(tmp_path / "unused", tmp_path / "unused-out", max_steps=6)
+    base["data"]["sources"][0]["mixture"] = [{"task": "chains", "difficulty": [1, 4]}]
+    base["data"]["sources"][0]["num_examples"] = 400
+    base["curriculum"] = {"pacing": "uniform"}
+    base["loss"] = {}
+    base["eval"] = {"tasks": ["cogfm_chains_op2"], "every_steps": 3, "limit": 2, "final_limit": 2,
+                    "batch_size": 8}
+    write_recipe(tmp_path / "base.yaml", base)
+    ablation = yaml.safe_load(ABLATION_RECIPE.read_text())
+    ablation.update(base="base.yaml", output_dir=str(tmp_path / "full"), test_limit=3, eval_batch_size=8,
+                    test_tasks=["cogfm_chains_op2", "cogfm_chains_op6"],
+                    dev_tasks=["cogfm_chains_op2_dev", "cogfm_chains_op6_dev"],
+                    quick={"arms": ["baseline", "retry_p0.3"], "seeds": [0],
+                           "output_dir": str(tmp_path / "quick")})
+    write_recipe(tmp_path / "ablation.yaml", ablation)
+
+    result = subprocess.run([sys.executable, str(REPO / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"),
+                             "--quick"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    quick = tmp_path / "quick"
+    runs = {p.parent.name.split("-lr")[0]: p.parent for p in quick.glob("runs/*/ablation_eval.json")}
+    assert sorted(runs) == ["baseline", "retry_p0.3"]
+
+    # The arms' resolved recipes differ only in what each studies (and where its outputs go).
+    recipes = {arm: yaml.safe_load((run / "ablation_recipe.yaml").read_text()) for arm, run in runs.items()}
+    assert differing(recipes["retry_p0.3"], recipes["baseline"]) - ALWAYS == {"data.sources.0.mixture.0.retry_p"}
+    assert len({r["data"]["tokenizer"]["path"] for r in recipes.values()}) == 1  # one tokenizer for every arm
+
+    # The same token budget, read from each run's training log: steps x sequences per step x sequence length.
+    budgets = {}
+    for arm, run in runs.items():
+        state = json.loads((run / "trainer_state.json").read_text())
+        logged = [e for e in state["log_history"] if "loss" in e]
+        assert logged[-1]["step"] == state["global_step"] == 6
+        slots = state["global_step"] * state["train_batch_size"] * recipes[arm]["data"]["pack"]["seq_len"]
+        tokens = state["log_history"][-1].get("num_input_tokens_seen") or logged[-1]["num_input_tokens_seen"]
+        budgets[arm] = (slots, tokens)
+    assert len({slots for slots, _ in budgets.values()}) == 1
+    assert all(0.5 * slots < tokens <= slots for slots, tokens in budgets.values())
+
+    # The report: a row per arm, numbers where they belong, plots.
+    summary = json.loads((quick / "results.json").read_text())
+    assert list(summary["arms"]) == ["baseline", "retry_p0.3"]
+    assert summary["id_tasks"] == ["cogfm_chains_op2"] and summary["ood_tasks"] == ["cogfm_chains_op6"]
+    for arm, row in summary["arms"].items():
+        assert 0.0 <= row["id"][0] <= 1.0 and 0.0 <= row["ood"][0] <= 1.0 and row["tokens"] == [budgets[arm][1]]
+        assert (arm == "baseline") == ("id_vs_baseline" not in row)
+        assert len(row["curve"][0]) == 3  # in-loop evaluations at steps 0, 3, 6
+    text = (quick / "results.md").read_text()
+    tables = [block.splitlines() for block in text.split("\n\n") if block.startswith("| arm |")]
+    main = tables[0]
+    assert len(main) == 2 + len(summary["arms"]) and main[1].startswith("|---|")
+    assert all(len(table) == len(main) and {line.count("|") for line in table} == {table[0].count("|")} for table in tables)
+    assert [line.split(" | ")[0] for line in main[2:]] == [f"| {arm}" for arm in summary["arms"]]
+    for name in ("ablation-accuracy-by-op.png", "ablation-learning-curves.png"):
+        assert (quick / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Learnability gate" in text
+
+    # Resumable: a second call finds every run complete and only rewrites the report.
+    again = subprocess.run([sys.executable, str(REPO / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"),
+                            "--quick"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0 and '"event": "start"' not in again.stdout, again.stdout[-2000:]
