@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -172,8 +174,6 @@ def arm_recipe(base: dict, changes: dict, *, seed: int, learning_rate: float, ru
 
 
 def data_key(data: dict) -> str:
-    import hashlib
-
     blob = json.dumps({k: v for k, v in data.items() if k != "output_dir"}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -207,12 +207,12 @@ class Ablation:
 
         data = copy.deepcopy(self.base["data"])
         data["output_dir"] = str(self.output_dir / "tokenizer_build")
-        built = build(load_recipe(data))
-        tokenizer = Path(built) / "tokenizer"
+        built = Path(build(load_recipe(data)))
         partial = self.tokenizer_dir.with_name("tokenizer.partial")
-        subprocess.run(["rm", "-rf", str(partial)], check=True)
-        subprocess.run(["cp", "-r", str(tokenizer), str(partial)], check=True)
-        partial.rename(self.tokenizer_dir)
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(built / "tokenizer", partial)
+        partial.rename(self.tokenizer_dir)  # atomic: a tokenizer directory is always complete
+        shutil.rmtree(built)  # the arms build their own data with this tokenizer
         self.log(event="tokenizer", path=str(self.tokenizer_dir))
 
     def run(self, arm: str, changes: dict, seed: int, learning_rate: float) -> dict:
@@ -222,7 +222,7 @@ class Ablation:
         if done.is_file():
             return json.loads(done.read_text())
         if run_dir.exists():  # an interrupted run: start it again from scratch
-            subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
         recipe = arm_recipe(self.base, changes, seed=seed, learning_rate=learning_rate, run_dir=run_dir,
                             data_root=self.data_root, tokenizer_dir=self.tokenizer_dir)
