@@ -228,7 +228,8 @@ class Ablation:
                             data_root=self.data_root, tokenizer_dir=self.tokenizer_dir)
         recipe_path = run_dir / "ablation_recipe.yaml"
         recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        self.log(event="start", run=run_dir.name, arm=arm, seed=seed, learning_rate=learning_rate, changes=changes)
+        self.log(event="start", run=run_dir.name, arm=arm, seed=seed, learning_rate=learning_rate, changes=changes,
+                 progress=str(run_dir / "train.log"))  # the Trainer's progress bar and logs
         start = time.perf_counter()
         with (run_dir / "train.log").open("w") as log:
             result = subprocess.run([sys.executable, str(PRETRAIN), str(recipe_path)], stdout=log,
