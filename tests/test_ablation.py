@@ -150,6 +150,12 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
     assert len({slots for slots, _ in budgets.values()}) == 1
     assert all(0.5 * slots < tokens <= slots for slots, tokens in budgets.values())
 
+    for run in runs.values():  # lm-eval's self-correction metrics, read from its results
+        record = json.loads((run / "ablation_eval.json").read_text())
+        metrics = record["self_correction"]["cogfm_chains_self_correction"]
+        assert {"marker_rate", "false_marker_rate", "self_corrected", "exact_match"} <= set(metrics)
+        assert all(0.0 <= value <= 1.0 for value in metrics.values())
+
     # The report: a row per arm, numbers where they belong, plots.
     summary = json.loads((quick / "results.json").read_text())
     assert list(summary["arms"]) == ["baseline", "retry_p0.3"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -33,9 +32,9 @@ from pathlib import Path
 import yaml
 
 from ..data.recipe import RecipeError
-from .evaluation import EVAL_TASKS_DIR
+from .evaluation import EVAL_TASKS_DIR, scores
 from .loss import LossConfig
-from .recipe import CurriculumConfig, apply_overrides, parse_overrides, recipe_from_dict
+from .recipe import CurriculumConfig, apply_overrides, parse_overrides, recipe_from_dict, section_from_mapping
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = REPO / "training" / "pretrain.py"
@@ -81,18 +80,6 @@ class AblationConfig:
     test_limit: int | None = None  # items per task (None: all); tests use a few
 
 
-def _section(cls, values, where: str):
-    if not isinstance(values, dict):
-        raise RecipeError(f"{where}: expected a mapping, got {type(values).__name__}")
-    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise RecipeError(f"{where}: unknown field(s) {unknown}; known: {sorted(f.name for f in dataclasses.fields(cls))}")
-    try:
-        return cls(**values)
-    except TypeError as error:
-        raise RecipeError(f"{where}: {error}") from None
-
-
 def load_ablation(path: str | Path) -> tuple[AblationConfig, dict]:
     """The ablation config and its base training recipe (as a dict), checked before anything runs."""
     path = Path(path)
@@ -102,10 +89,10 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, dict]:
     arms = data.get("arms")
     if not isinstance(arms, dict) or "baseline" not in arms:
         raise RecipeError(f"{path}: arms: give a mapping of arms that includes `baseline`")
-    data["arms"] = {name: _section(Arm, arm or {}, f"{path}: arms.{name}") for name, arm in arms.items()}
+    data["arms"] = {name: section_from_mapping(Arm, arm or {}, f"{path}: arms.{name}") for name, arm in arms.items()}
     if data.get("quick") is not None:
-        data["quick"] = _section(QuickConfig, data["quick"], f"{path}: quick")
-    config = _section(AblationConfig, data, str(path))
+        data["quick"] = section_from_mapping(QuickConfig, data["quick"], f"{path}: quick")
+    config = section_from_mapping(AblationConfig, data, str(path))
     base_path = path.parent / config.base
     if not base_path.is_file():
         raise RecipeError(f"{path}: base: {base_path} does not exist")
@@ -116,8 +103,8 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, dict]:
         for ref in arm.like:
             if ref not in names or ref == name:
                 raise RecipeError(f"{path}: arms.{name}.like: {ref!r} is not another arm or a selection {sorted(config.select)}")
-        _section(LossConfig, arm.loss, f"{path}: arms.{name}.loss")
-        _section(CurriculumConfig, arm.curriculum, f"{path}: arms.{name}.curriculum")
+        section_from_mapping(LossConfig, arm.loss, f"{path}: arms.{name}.loss")
+        section_from_mapping(CurriculumConfig, arm.curriculum, f"{path}: arms.{name}.curriculum")
     for name, candidates in config.select.items():
         missing = [c for c in candidates if c not in config.arms]
         if missing or not candidates:
@@ -184,11 +171,11 @@ def run_name(arm: str, learning_rate: float, seed: int) -> str:
 
 # -- running ----------------------------------------------------------------------------------------
 class Ablation:
-    def __init__(self, config: AblationConfig, base: dict, overrides: list[str], output_dir: Path, report_dir: Path):
+    def __init__(self, config: AblationConfig, base: dict, overrides: list[str], output_dir: Path):
         self.config = config
         self.base = apply_overrides(base, parse_overrides(overrides))
         recipe_from_dict(copy.deepcopy(self.base), "base recipe with overrides")
-        self.output_dir, self.report_dir = output_dir, report_dir
+        self.output_dir = output_dir
         self.runs_dir, self.data_root = output_dir / "runs", output_dir / "data"
         self.tokenizer_dir = output_dir / "tokenizer"
         self.log_path = output_dir / "ablation_log.jsonl"
@@ -288,11 +275,11 @@ def evaluate_checkpoint(checkpoint: Path, test_tasks: list[str], dev_tasks: list
         samples = sorted(samples, key=lambda s: s["doc_id"])
         doc = samples[0]["doc"]
         if doc.get("bucket") == "self_correction":
-            out["self_correction"][task] = {k.split(",")[0]: v for k, v in results["results"][task].items()
-                                            if "," in k and "stderr" not in k and isinstance(v, (int, float))}
+            out["self_correction"][task] = {key.split("/", 1)[1]: value for key, value in scores(results).items()
+                                            if key.startswith(f"{task}/")}
             continue
         out["dev" if task in dev_tasks else "test"][task] = {
-            "difficulty": doc["difficulty"],
+            "task": doc["task"], "difficulty": doc["difficulty"],
             "correct": [int(s["exact_match"]) for s in samples],
             "marker": [int(BACK in s["resps"][0][0]) for s in samples],
         }
@@ -306,19 +293,32 @@ def dev_score(record: dict) -> float:
     return sum(items) / max(1, len(items))
 
 
+def sweep_runs(config: AblationConfig, records: list[dict]) -> list[dict]:
+    """The learning-rate sweep's completed runs (baseline, first seed), in the recipe's order."""
+    return [r for lr in config.learning_rates for r in records
+            if r["arm"] == "baseline" and r["seed"] == config.seeds[0] and r["learning_rate"] == lr]
+
+
+def chosen_learning_rate(config: AblationConfig, records: list[dict], base_lr: float) -> float:
+    """The best sweep run's learning rate on the dev sets (ties: the first listed), once the whole sweep has
+    run; until then (or with no sweep, as in --quick) the base recipe's."""
+    runs = sweep_runs(config, records)
+    if not config.learning_rates or len(runs) < len(config.learning_rates):
+        return base_lr
+    return max(runs, key=dev_score)["learning_rate"]
+
+
 def execute(config: AblationConfig, ablation: Ablation, arms: list[str], seeds: list[int], sweep: bool) -> dict:
     started = time.perf_counter()
     ablation.output_dir.mkdir(parents=True, exist_ok=True)
     ablation.shared_tokenizer()
-    base_lr = float(ablation.base["training"]["learning_rate"])
     records: list[dict] = []
-    learning_rate = base_lr
-    if sweep and config.learning_rates:
-        sweep_records = [ablation.run("baseline", {}, config.seeds[0], lr) for lr in config.learning_rates]
-        records += sweep_records
-        learning_rate = max(sweep_records, key=dev_score)["learning_rate"]
+    if sweep:
+        records += [ablation.run("baseline", {}, config.seeds[0], lr) for lr in config.learning_rates]
+    learning_rate = chosen_learning_rate(config, records, float(ablation.base["training"]["learning_rate"]))
+    if records:
         ablation.log(event="learning_rate", chosen=learning_rate,
-                     dev={r["learning_rate"]: round(dev_score(r), 4) for r in sweep_records})
+                     dev={r["learning_rate"]: round(dev_score(r), 4) for r in records})
     choices: dict[str, str] = {}
     waiting: list[str] = []
     for arm in arms:
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
             output_dir, report_dir = args.output_dir, None
         output_dir = Path(output_dir)
         report_dir = Path(report_dir) if report_dir else output_dir
-        ablation = Ablation(config, base, overrides, output_dir, report_dir)
+        ablation = Ablation(config, base, overrides, output_dir)
     except RecipeError as error:
         sys.exit(f"recipe error: {error}")
     if not args.report_only:

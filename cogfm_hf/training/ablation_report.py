@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .ablation import chosen_learning_rate, dev_score, sweep_runs
 from .plots import plt
 from .run import training_difficulty_tops
 
@@ -38,13 +39,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def split_tasks(records: list[dict], tops: dict[str, int]) -> dict[str, str]:
-    """Test task -> "id" / "ood", by its difficulty against the training range."""
-    kinds = {}
-    for record in records:
-        for task, result in record["test"].items():
-            family = task.removeprefix("cogfm_").split("_")[0]
-            kinds[task] = "id" if result["difficulty"] <= tops.get(family, math.inf) else "ood"
-    return kinds
+    """Test task -> "id" / "ood", by its difficulty against its task's training range."""
+    return {name: "id" if result["difficulty"] <= tops.get(result["task"], math.inf) else "ood"
+            for record in records for name, result in record["test"].items()}
 
 
 def items(record: dict, tasks: list[str]) -> np.ndarray:
@@ -72,25 +69,34 @@ def tokens_to_target(record: dict, id_tasks: list[str], target: float) -> int | 
     return None
 
 
+def learnability_gate(config, baseline_runs: list[dict], kinds: dict[str, str]) -> dict | None:
+    """The baseline's dev exact match on its easiest and its hardest in-distribution bucket (all seeds)."""
+    dev = {}  # dev task -> (difficulty, items over seeds)
+    for record in baseline_runs:
+        for task, result in record["dev"].items():
+            if kinds.get(task.removesuffix("_dev")) == "id":
+                dev.setdefault(task, (result["difficulty"], []))[1].extend(result["correct"])
+    if not dev:
+        return None
+    by_difficulty = sorted(dev.items(), key=lambda item: item[1][0])
+    gate = {}
+    for name, (task, (_, correct)) in (("easiest", by_difficulty[0]), ("top", by_difficulty[-1])):
+        gate[name] = {"task": task, "dev": round(_ratio(correct), 4), "needed": config.gate[name]}
+    gate["passed"] = all(gate[name]["dev"] >= gate[name]["needed"] for name in ("easiest", "top"))
+    return gate
+
+
 def summarise(config, base: dict, records: list[dict]) -> dict:
     tops = training_difficulty_tops(base["data"])
     kinds = split_tasks(records, tops)
-    learning_rates = sorted({r["learning_rate"] for r in records if r["arm"] != "baseline"}) or \
-        sorted({r["learning_rate"] for r in records})
-    chosen_lr = learning_rates[0] if len(learning_rates) == 1 else None
-    sweep = {}
-    for record in records:
-        if record["arm"] == "baseline" and record["seed"] == config.seeds[0]:
-            sweep[record["learning_rate"]] = {
-                "dev": round(_ratio(c for t in record["dev"].values() for c in t["correct"]), 4),
-                "train_seconds": record["train_seconds"]}
-    if chosen_lr is None and sweep:
-        chosen_lr = max(sweep, key=lambda lr: sweep[lr]["dev"])
+    chosen_lr = chosen_learning_rate(config, records, float(base["training"]["learning_rate"]))
+    sweep = {r["learning_rate"]: {"dev": round(dev_score(r), 4), "train_seconds": r["train_seconds"]}
+             for r in sweep_runs(config, records)}
     main = [r for r in records if r["learning_rate"] == chosen_lr]
     by_arm: dict[str, list[dict]] = {}
     for record in main:
         by_arm.setdefault(record["arm"], []).append(record)
-    id_tasks = sorted((t for t, k in kinds.items() if k == "id"), key=lambda t: (t, ))
+    id_tasks = sorted(t for t, k in kinds.items() if k == "id")
     ood_tasks = sorted(t for t, k in kinds.items() if k == "ood")
     rng = np.random.default_rng(0)
     arms = {}
@@ -114,18 +120,7 @@ def summarise(config, base: dict, records: list[dict]) -> dict:
             for metric in ("marker_rate", "false_marker_rate", "self_corrected")}
         row["curve"] = [r["curve"] for r in runs]
         arms[arm] = row
-    gate = None
-    if "baseline" in by_arm:
-        dev_id = sorted(((t, v) for r in by_arm["baseline"] for t, v in r["dev"].items()
-                         if kinds.get(t.removesuffix("_dev")) == "id"), key=lambda tv: tv[1]["difficulty"])
-        if dev_id:
-            easiest = [t for t, v in dev_id if v["difficulty"] == dev_id[0][1]["difficulty"]]
-            top = [t for t, v in dev_id if v["difficulty"] == dev_id[-1][1]["difficulty"]]
-            score = lambda tasks: _ratio(c for r in by_arm["baseline"] for t in set(tasks)  # noqa: E731
-                                         for c in r["dev"][t]["correct"])
-            gate = {"easiest": {"task": easiest[0], "dev": round(score(easiest), 4), "needed": config.gate["easiest"]},
-                    "top": {"task": top[0], "dev": round(score(top), 4), "needed": config.gate["top"]}}
-            gate["passed"] = gate["easiest"]["dev"] >= gate["easiest"]["needed"] and gate["top"]["dev"] >= gate["top"]["needed"]
+    gate = learnability_gate(config, by_arm.get("baseline", []), kinds)
     return {"learning_rate": chosen_lr, "sweep": sweep, "id_tasks": id_tasks, "ood_tasks": ood_tasks,
             "training_tops": tops, "arms": arms, "gate": gate, "target": config.target,
             "difficulty": {t: r["test"][t]["difficulty"] for r in records for t in r["test"]},

@@ -140,6 +140,20 @@ def load_train_recipe(path: str | Path, overrides: list[str] | None = None) -> T
     return recipe_from_dict(data, str(path))
 
 
+def section_from_mapping(cls, values, where: str):
+    """A dataclass from a recipe mapping; unknown fields and bad values raise a RecipeError naming `where`."""
+    if not isinstance(values, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise RecipeError(f"{where}: unknown field(s) {unknown}; known: {known}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"{where}: {error}") from None
+
+
 def recipe_from_dict(data: dict, where: str = "recipe") -> TrainRecipe:
     unknown = sorted(set(data) - set(TrainRecipe.__dataclass_fields__))
     if unknown:
@@ -150,15 +164,6 @@ def recipe_from_dict(data: dict, where: str = "recipe") -> TrainRecipe:
     unknown = sorted(set(data["training"]) - TRAINING_ARGUMENT_FIELDS)
     if unknown:
         raise RecipeError(f"{where}: training: unknown TrainingArguments field(s) {unknown}")
-    sections = {}
-    for name, cls in SECTIONS.items():
-        values = data.get(name) or {}
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise RecipeError(f"{where}: {name}: unknown field(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        try:
-            sections[name] = cls(**values)
-        except (TypeError, ValueError) as error:
-            raise RecipeError(f"{where}: {name}: {error}") from None
+    sections = {name: section_from_mapping(cls, data.get(name) or {}, f"{where}: {name}") for name, cls in SECTIONS.items()}
     return TrainRecipe(data=data["data"], training=data["training"], peak_tflops=data.get("peak_tflops"),
                        cpu_threads=data.get("cpu_threads"), **sections)
