@@ -36,7 +36,7 @@ def task_manager():
 
 
 def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
-    assert len(TASK_NAMES) == 25 + 4 + 2  # generation buckets, self-correction per task, next-step tasks
+    assert len(TASK_NAMES) == 30 + 5 + 2  # generation buckets, self-correction per task, next-step tasks
     assert DEV_TASK_NAMES == sorted(f"{name}_dev" for name in TASK_NAMES if not name.endswith(("_next_step", "_self_correction")))
     lm_eval = Path(sys.executable).parent / "lm_eval"
     result = subprocess.run([str(lm_eval), "validate", "--tasks", ",".join(["cogfm_reasoning", "cogfm_dev", *ALL_TASK_NAMES]),

@@ -5,7 +5,7 @@
     TASKS["chains"].verify(example, "... so the answer is 7")
 """
 
-from .arithmetic import ArithmeticTask
+from .arithmetic import AdditionTask, ArithmeticTask
 from .answers import BACK
 from .base import Example, ReasoningTask
 from .chains import ChainsTask
@@ -14,7 +14,8 @@ from .logic import LogicTask
 from .mixture import Mixture, MixtureComponent
 from .retry import add_retries, strip_retries
 
-TASKS: dict[str, ReasoningTask] = {task.name: task for task in (ChainsTask(), ArithmeticTask(), LogicTask(), CodeTraceTask())}
+TASKS: dict[str, ReasoningTask] = {task.name: task for task in (ChainsTask(), ArithmeticTask(), LogicTask(), CodeTraceTask(),
+                                                                  AdditionTask())}
 
 
 def get_task(name: str) -> ReasoningTask:
