@@ -111,17 +111,17 @@ def test_paired_bootstrap_and_tokens_to_target():
 
 def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
     base = tiny_recipe(tmp_path / "unused", tmp_path / "unused-out", max_steps=6)
-    base["data"]["sources"][0]["mixture"] = [{"task": "chains", "difficulty": [1, 4]}]
+    base["data"]["sources"][0]["mixture"] = [{"task": "addition", "difficulty": [1, 4]}]
     base["data"]["sources"][0]["num_examples"] = 400
     base["curriculum"] = {"pacing": "uniform"}
     base["loss"] = {}
-    base["eval"] = {"tasks": ["cogfm_chains_op2"], "every_steps": 3, "limit": 2, "final_limit": 2,
+    base["eval"] = {"tasks": ["cogfm_addition_digits3"], "every_steps": 3, "limit": 2, "final_limit": 2,
                     "batch_size": 8}
     write_recipe(tmp_path / "base.yaml", base)
     ablation = yaml.safe_load(ABLATION_RECIPE.read_text())
     ablation.update(base="base.yaml", output_dir=str(tmp_path / "full"), test_limit=3, eval_batch_size=8,
-                    test_tasks=["cogfm_chains_op2", "cogfm_chains_op6"],
-                    dev_tasks=["cogfm_chains_op2_dev", "cogfm_chains_op6_dev"],
+                    test_tasks=["cogfm_addition_digits3", "cogfm_addition_digits5"],
+                    dev_tasks=["cogfm_addition_digits3_dev", "cogfm_addition_digits5_dev"],
                     quick={"arms": ["baseline", "retry_p0.3"], "seeds": [0],
                            "output_dir": str(tmp_path / "quick")})
     write_recipe(tmp_path / "ablation.yaml", ablation)
@@ -152,14 +152,14 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
 
     for run in runs.values():  # lm-eval's self-correction metrics, read from its results
         record = json.loads((run / "ablation_eval.json").read_text())
-        metrics = record["self_correction"]["cogfm_chains_self_correction"]
+        metrics = record["self_correction"]["cogfm_addition_self_correction"]
         assert {"marker_rate", "false_marker_rate", "self_corrected", "exact_match"} <= set(metrics)
         assert all(0.0 <= value <= 1.0 for value in metrics.values())
 
     # The report: a row per arm, numbers where they belong, plots.
     summary = json.loads((quick / "results.json").read_text())
     assert list(summary["arms"]) == ["baseline", "retry_p0.3"]
-    assert summary["id_tasks"] == ["cogfm_chains_op2"] and summary["ood_tasks"] == ["cogfm_chains_op6"]
+    assert summary["id_tasks"] == ["cogfm_addition_digits3"] and summary["ood_tasks"] == ["cogfm_addition_digits5"]
     for arm, row in summary["arms"].items():
         assert 0.0 <= row["id"][0] <= 1.0 and 0.0 <= row["ood"][0] <= 1.0 and row["tokens"] == [budgets[arm][1]]
         assert (arm == "baseline") == ("id_vs_baseline" not in row)
@@ -170,7 +170,7 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
     assert len(main) == 2 + len(summary["arms"]) and main[1].startswith("|---|")
     assert all(len(table) == len(main) and {line.count("|") for line in table} == {table[0].count("|")} for table in tables)
     assert [line.split(" | ")[0] for line in main[2:]] == [f"| {arm}" for arm in summary["arms"]]
-    for name in ("ablation-accuracy-by-op.png", "ablation-learning-curves.png"):
+    for name in ("ablation-accuracy-by-difficulty.png", "ablation-learning-curves.png"):
         assert (quick / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Learnability gate" in text
 

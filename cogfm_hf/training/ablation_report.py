@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..tasks import get_task
 from .ablation import chosen_learning_rate, dev_score, sweep_runs
 from .plots import plt
 from .run import training_difficulty_tops
@@ -210,7 +211,7 @@ def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
     return path
 
 
-def plot_accuracy_by_op(summary: dict, path: Path) -> Path | None:
+def plot_accuracy_by_difficulty(summary: dict, path: Path) -> Path | None:
     if not summary["arms"]:
         return None
     tasks = sorted(summary["id_tasks"] + summary["ood_tasks"], key=lambda t: summary["difficulty"][t])
@@ -222,7 +223,8 @@ def plot_accuracy_by_op(summary: dict, path: Path) -> Path | None:
         ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=arm)
     for top in summary["training_tops"].values():
         ax.axvline(top + 0.5, color="gray", linestyle=":")
-    return _save(fig, ax, path, "difficulty (op); dotted line: top of the training range", "test exact match (%)",
+    knobs = ", ".join(sorted({get_task(task).difficulty_knob for task in summary["training_tops"]}))
+    return _save(fig, ax, path, f"difficulty ({knobs}); dotted line: top of the training range", "test exact match (%)",
                  "Ablation: accuracy by difficulty (mean ± std over seeds)")
 
 
@@ -248,7 +250,7 @@ def write_report(config, base: dict, records: list[dict], report_dir: Path, comm
     report_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(config, base, records)
     (report_dir / "results.json").write_text(json.dumps(summary, indent=1, default=str))
-    plots = [plot_accuracy_by_op(summary, report_dir / "ablation-accuracy-by-op.png"),
+    plots = [plot_accuracy_by_difficulty(summary, report_dir / "ablation-accuracy-by-difficulty.png"),
              plot_learning_curves(summary, report_dir / "ablation-learning-curves.png")]
     body = markdown(summary, command)
     images = "".join(f"\n![{p.stem}]({p.name})\n" for p in plots if p is not None)
