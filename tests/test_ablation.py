@@ -50,8 +50,9 @@ def test_every_arm_of_the_recipe_differs_from_the_baseline_only_where_it_says(tm
     choices = {name: candidates[-1] for name, candidates in config.select.items()}
 
     def resolve(arm, seed=0):
-        return arm_recipe(base, merged_changes(config, arm, choices), seed=seed, learning_rate=2 * base["training"]["learning_rate"],
-                          run_dir=tmp_path / arm, data_root=tmp_path / "data", tokenizer_dir=tmp_path / "tok")
+        return arm_recipe(base, merged_changes(config, arm, choices), seed=seed,
+                          learning_rate=2 * base["training"]["learning_rate"], run_dir=tmp_path / arm,
+                          data_root=tmp_path / "data", tokenizer_dir=tmp_path / "tok")
 
     baseline = resolve("baseline")
     assert differing(baseline, base) == {"training.output_dir", "training.learning_rate",

@@ -173,7 +173,8 @@ def test_weak_mistakes_name_a_later_step():
 @pytest.mark.parametrize("name, knobs, knob", [
     ("chains", dict(op=-1), "op"), ("chains", dict(modulus=1), "modulus"), ("chains", dict(op=(5, 2)), "op"),
     ("chains", dict(distractors=-2), "distractors"), ("arithmetic", dict(digits=0), "digits"),
-    ("arithmetic", dict(operation="/"), "operation"), ("logic", dict(depth=0), "depth"),
+    ("arithmetic", dict(operation="/"), "operation"), ("addition", dict(operation="*"), "operation"),
+    ("logic", dict(depth=0), "depth"),
     ("logic", dict(max_premises=0), "max_premises"), ("code", dict(nesting=3), "nesting"),
     ("code", dict(loop_count=0), "loop_count"), ("chains", dict(colour="red"), "colour"),
 ])

@@ -139,3 +139,9 @@ class AdditionTask(ArithmeticTask):
         **{f"digits{k}": ("id", dict(digits=k)) for k in (3, 4)},
         **{f"digits{k}": ("ood", dict(digits=k)) for k in (5, 6, 8)},
     }
+
+    def check_knobs(self, knobs):
+        super().check_knobs(knobs)
+        if knobs["operation"] != "+":
+            raise ValueError(f"{self.name}: knob 'operation' is always '+' (use the arithmetic task for others), "
+                             f"got {knobs['operation']!r}")
