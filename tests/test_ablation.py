@@ -1,6 +1,7 @@
 """The ablation runner (training/ablate.py): arms differ only in what they study, every arm trains on the same
 token budget, the quick mode runs end to end and writes a well-formed report, and the statistics are right."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import yaml
 
 from cogfm_hf.data.recipe import RecipeError
 from cogfm_hf.training.ablation import REPO, arm_recipe, load_ablation, merged_changes
-from cogfm_hf.training.ablation_report import paired_bootstrap, tokens_to_target
+from cogfm_hf.training.ablation_report import markdown, paired_bootstrap, summarise, tokens_to_target
 
 from .conftest import tiny_recipe, write_recipe
 
@@ -88,6 +89,10 @@ def test_bad_ablation_recipes_name_the_field(tmp_path):
         load(text.replace("like: [best_retry, best_curriculum]", "like: [best_retri, best_curriculum]"))
     with pytest.raises(RecipeError, match=r"arms.curriculum_sqrt.curriculum: unknown field\(s\) \['pace'\]"):
         load(text.replace("{pacing: sqrt, c0: 0.2, pacing_fraction: 0.8}}", "{pace: sqrt}}"))
+    with pytest.raises(RecipeError, match=r"controls.curriculum_sqrt: unknown arm\(s\) \['random'\]"):
+        load(text.replace("curriculum_sqrt: random_order", "curriculum_sqrt: random"))
+    with pytest.raises(RecipeError, match="controls.random_order: an arm cannot be its own control"):
+        load(text.replace("curriculum_sqrt: random_order", "random_order: random_order"))
     with pytest.raises(RecipeError, match="base: .*nowhere.yaml does not exist"):
         load(text.replace("base: ablation-base.yaml", "base: nowhere.yaml"))
 
@@ -108,6 +113,33 @@ def test_paired_bootstrap_and_tokens_to_target():
     assert tokens_to_target({"curve": curve}, ["a"], 0.6) == 500
     assert tokens_to_target({"curve": curve}, ["a", "b"], 0.6) == 900
     assert tokens_to_target({"curve": curve}, ["b"], 0.95) is None
+
+
+def test_the_report_compares_an_arm_with_its_control_as_with_the_baseline():
+    config, base = load_ablation(ABLATION_RECIPE)
+    lr = base["training"]["learning_rate"]
+    id_correct = {"baseline": [1, 0] * 50, "random_order": [1, 0] * 50, "curriculum_sqrt": [1, 1] * 50}
+
+    def record(arm, seed):
+        test = {"cogfm_addition_digits3": {"task": "addition", "difficulty": 3, "correct": id_correct[arm],
+                                           "marker": [0] * 100},
+                "cogfm_addition_digits5": {"task": "addition", "difficulty": 5, "correct": [0] * 100,
+                                           "marker": [0] * 100}}
+        return {"arm": arm, "seed": seed, "learning_rate": lr, "changes": {}, "test": test, "dev": {},
+                "curve": [], "self_correction": {}, "num_input_tokens_seen": 1000, "token_slots": 1024,
+                "global_step": 4, "train_seconds": 1.0, "eval_seconds": 1.0}
+
+    records = [record(arm, seed) for arm in id_correct for seed in (0, 1, 2)]
+    summary = summarise(config, base, records)
+    curriculum = summary["arms"]["curriculum_sqrt"]
+    assert curriculum["control"] == "random_order" and curriculum["id_vs_control"][0] == pytest.approx(0.5)
+    assert curriculum["ood_vs_control"] == (0.0, 0.0, 0.0)
+    assert "control" not in summary["arms"]["random_order"] and "control" not in summary["arms"]["baseline"]
+    # Adding the control comparison leaves the baseline comparison as it was.
+    without = summarise(dataclasses.replace(config, controls={}), base, records)
+    assert without["arms"]["curriculum_sqrt"]["id_vs_baseline"] == curriculum["id_vs_baseline"]
+    text = markdown(summary, "python training/ablate.py")
+    assert "| curriculum_sqrt − random_order | +50.0 [" in text
 
 
 def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):

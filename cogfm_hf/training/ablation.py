@@ -71,6 +71,7 @@ class AblationConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     learning_rates: list[float] = field(default_factory=list)  # the baseline's sweep; empty: the base recipe's
     select: dict[str, list[str]] = field(default_factory=dict)  # selection name -> candidate arms
+    controls: dict[str, str] = field(default_factory=dict)  # arm -> its control arm, compared like the baseline
     self_correction_tasks: list[str] = field(default_factory=list)
     core: list[str] = field(default_factory=list)  # the arms of the core comparison (`--core`)
     quick: QuickConfig | None = None
@@ -109,6 +110,12 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, dict]:
         missing = [c for c in candidates if c not in config.arms]
         if missing or not candidates:
             raise RecipeError(f"{path}: select.{name}: unknown arm(s) {missing}" if missing else f"{path}: select.{name}: empty")
+    for arm, control in config.controls.items():
+        unknown = [a for a in (arm, control) if a not in config.arms]
+        if unknown:
+            raise RecipeError(f"{path}: controls.{arm}: unknown arm(s) {unknown}; the recipe has {sorted(config.arms)}")
+        if arm == control:
+            raise RecipeError(f"{path}: controls.{arm}: an arm cannot be its own control")
     for listed in (config.core, config.quick.arms if config.quick else []):
         missing = [a for a in listed if a not in config.arms]
         if missing:
@@ -405,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
         outcome = execute(config, ablation, arms, seeds, sweep=not args.quick)
         ablation.log(event="finished", seconds=round(outcome["seconds"], 1), runs=len(outcome["records"]),
                      waiting=outcome["waiting"])
-    command = " ".join(["python training/ablate.py", *(sys.argv[1:] if argv is None else argv)])
+    # The command that produces these runs (the report alone is rewritten by adding --report-only).
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python training/ablate.py", *(a for a in given if a != "--report-only")])
     report = write_report(config, ablation.base, completed_records(ablation.runs_dir), report_dir, command)
     print(f"report: {report}", flush=True)

@@ -100,6 +100,7 @@ def summarise(config, base: dict, records: list[dict]) -> dict:
     id_tasks = sorted(t for t, k in kinds.items() if k == "id")
     ood_tasks = sorted(t for t, k in kinds.items() if k == "ood")
     rng = np.random.default_rng(0)
+    control_rng = np.random.default_rng(1)  # its own stream: adding a control leaves the baseline intervals as they were
     arms = {}
     for arm in [a for a in config.arms if a in by_arm]:
         runs = sorted(by_arm[arm], key=lambda r: r["seed"])
@@ -111,6 +112,10 @@ def summarise(config, base: dict, records: list[dict]) -> dict:
             row[kind] = _mean_std([float(items(r, tasks).mean()) for r in runs]) if tasks else None
             if arm != "baseline" and "baseline" in by_arm:
                 row[f"{kind}_vs_baseline"] = paired_bootstrap(runs, by_arm["baseline"], tasks, rng)
+            control = config.controls.get(arm)
+            if control in by_arm:
+                row["control"] = control
+                row[f"{kind}_vs_control"] = paired_bootstrap(runs, by_arm[control], tasks, control_rng)
         row["by_task"] = {t: _mean_std([float(np.mean(r["test"][t]["correct"])) for r in runs])
                           for t in id_tasks + ood_tasks}
         reached = [tokens_to_target(r, id_tasks, config.target) for r in runs]
@@ -177,6 +182,10 @@ def markdown(summary: dict, command: str) -> str:
     for arm, row in summary["arms"].items():
         tokens.append(f"| {arm} | {sorted(set(row['steps']))} | {sorted(set(row['token_slots']))} "
                       f"| {', '.join(f'{t:,}' for t in row['tokens'])} | {row['seconds'] / 60:.1f} min |")
+    controlled = [f"| {arm} − {row['control']} | {_interval(row['id_vs_control'])} | {_interval(row['ood_vs_control'])} |"
+                  for arm, row in summary["arms"].items() if "control" in row]
+    controls = ["Against its control (the same paired bootstrap):", "",
+                "| comparison | ID [95% CI] | OOD [95% CI] |", "|---|---|---|", *controlled, ""] if controlled else []
     sweep = ["| learning rate | baseline dev exact match (seed 0) | train time |", "|---|---|---|"]
     sweep += [f"| {lr:g}{' (chosen)' if lr == summary['learning_rate'] else ''} | {100 * v['dev']:.1f}% "
               f"| {v['train_seconds'] / 60:.1f} min |" for lr, v in sorted(summary["sweep"].items())]
@@ -194,7 +203,7 @@ def markdown(summary: dict, command: str) -> str:
         "Exact match in %, mean ± std over seeds, on the full test sets of the saved checkpoints; the interval is "
         "a paired bootstrap over test items. Tokens to target: non-padding tokens until the in-loop ID accuracy "
         f"reaches {100 * summary['target']:.0f}%. Marker rate (test): share of generated test solutions that write "
-        "the BACK marker.", "", *lines, "", "Per task:", "", *per_task, "", "Budget per arm:", "", *tokens, "",
+        "the BACK marker.", "", *lines, "", *controls, "Per task:", "", *per_task, "", "Budget per arm:", "", *tokens, "",
         "Baseline learning-rate sweep (chosen on the dev sets, never on test):", "", *sweep, ""])
 
 
