@@ -118,7 +118,8 @@ def test_paired_bootstrap_and_tokens_to_target():
 def test_the_report_compares_an_arm_with_its_control_as_with_the_baseline():
     config, base = load_ablation(ABLATION_RECIPE)
     lr = base["training"]["learning_rate"]
-    id_correct = {"baseline": [1, 0] * 50, "random_order": [1, 0] * 50, "curriculum_sqrt": [1, 1] * 50}
+    id_correct = {"baseline": [1, 0] * 50, "retry_p0.1": [0, 1] * 50, "random_order": [1, 0] * 50,
+                  "curriculum_sqrt": [1, 1] * 50}
 
     def record(arm, seed):
         test = {"cogfm_addition_digits3": {"task": "addition", "difficulty": 3, "correct": id_correct[arm],
@@ -135,9 +136,11 @@ def test_the_report_compares_an_arm_with_its_control_as_with_the_baseline():
     assert curriculum["control"] == "random_order" and curriculum["id_vs_control"][0] == pytest.approx(0.5)
     assert curriculum["ood_vs_control"] == (0.0, 0.0, 0.0)
     assert "control" not in summary["arms"]["random_order"] and "control" not in summary["arms"]["baseline"]
-    # Adding the control comparison leaves the baseline comparison as it was.
+    # An interval does not depend on what else is compared or on which other arms have run.
     without = summarise(dataclasses.replace(config, controls={}), base, records)
     assert without["arms"]["curriculum_sqrt"]["id_vs_baseline"] == curriculum["id_vs_baseline"]
+    fewer = summarise(config, base, [r for r in records if r["arm"] != "retry_p0.1"])  # an arm listed before it
+    assert fewer["arms"]["curriculum_sqrt"]["id_vs_baseline"] == curriculum["id_vs_baseline"]
     text = markdown(summary, "python training/ablate.py")
     assert "| curriculum_sqrt − random_order | +50.0 [" in text
 

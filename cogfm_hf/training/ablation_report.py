@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,11 @@ def paired_bootstrap(arm_runs: list[dict], base_runs: list[dict], tasks: list[st
     return float(differences.mean()), float(np.percentile(estimates, 2.5)), float(np.percentile(estimates, 97.5))
 
 
+def comparison_rng(*names: str) -> np.random.Generator:
+    """One random stream per comparison, so an interval does not depend on which other arms have run."""
+    return np.random.default_rng(zlib.crc32("/".join(names).encode()))
+
+
 def tokens_to_target(record: dict, id_tasks: list[str], target: float) -> int | None:
     for point in record["curve"]:
         scores = [v for task, v in point["exact_match"].items() if task in id_tasks]
@@ -99,8 +105,6 @@ def summarise(config, base: dict, records: list[dict]) -> dict:
         by_arm.setdefault(record["arm"], []).append(record)
     id_tasks = sorted(t for t, k in kinds.items() if k == "id")
     ood_tasks = sorted(t for t, k in kinds.items() if k == "ood")
-    rng = np.random.default_rng(0)
-    control_rng = np.random.default_rng(1)  # its own stream: adding a control leaves the baseline intervals as they were
     arms = {}
     for arm in [a for a in config.arms if a in by_arm]:
         runs = sorted(by_arm[arm], key=lambda r: r["seed"])
@@ -111,11 +115,13 @@ def summarise(config, base: dict, records: list[dict]) -> dict:
         for kind, tasks in (("id", id_tasks), ("ood", ood_tasks)):
             row[kind] = _mean_std([float(items(r, tasks).mean()) for r in runs]) if tasks else None
             if arm != "baseline" and "baseline" in by_arm:
-                row[f"{kind}_vs_baseline"] = paired_bootstrap(runs, by_arm["baseline"], tasks, rng)
+                row[f"{kind}_vs_baseline"] = paired_bootstrap(runs, by_arm["baseline"], tasks,
+                                                              comparison_rng(arm, "baseline", kind))
             control = config.controls.get(arm)
             if control in by_arm:
                 row["control"] = control
-                row[f"{kind}_vs_control"] = paired_bootstrap(runs, by_arm[control], tasks, control_rng)
+                row[f"{kind}_vs_control"] = paired_bootstrap(runs, by_arm[control], tasks,
+                                                             comparison_rng(arm, control, kind))
         row["by_task"] = {t: _mean_std([float(np.mean(r["test"][t]["correct"])) for r in runs])
                           for t in id_tasks + ood_tasks}
         reached = [tokens_to_target(r, id_tasks, config.target) for r in runs]
