@@ -143,6 +143,9 @@ def test_the_report_compares_an_arm_with_its_control_as_with_the_baseline():
     assert fewer["arms"]["curriculum_sqrt"]["id_vs_baseline"] == curriculum["id_vs_baseline"]
     text = markdown(summary, "python training/ablate.py")
     assert "| curriculum_sqrt − random_order | +50.0 [" in text
+    # Per seed, as read from each run's items.
+    assert curriculum["by_seed"] == {s: {"cogfm_addition_digits3": 1.0, "cogfm_addition_digits5": 0.0} for s in (0, 1, 2)}
+    assert "| retry_p0.1, 2 | 50.0 | 0.0 |" in text
 
 
 def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):

@@ -108,22 +108,22 @@ def summarise(config, base: dict, records: list[dict]) -> dict:
     arms = {}
     for arm in [a for a in config.arms if a in by_arm]:
         runs = sorted(by_arm[arm], key=lambda r: r["seed"])
-        row = {"seeds": [r["seed"] for r in runs], "changes": runs[0]["changes"],
+        # Every arm against the baseline, and against its control where the recipe names one.
+        comparisons = {label: other for label, other in (("baseline", "baseline"), ("control", config.controls.get(arm)))
+                       if other in by_arm and other != arm}
+        row = {"seeds": [r["seed"] for r in runs], "changes": runs[0]["changes"], **({"control": comparisons["control"]}
+                                                                                    if "control" in comparisons else {}),
                "tokens": [r["num_input_tokens_seen"] for r in runs], "token_slots": [r["token_slots"] for r in runs],
                "steps": [r["global_step"] for r in runs],
                "seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in runs), 1)}
         for kind, tasks in (("id", id_tasks), ("ood", ood_tasks)):
             row[kind] = _mean_std([float(items(r, tasks).mean()) for r in runs]) if tasks else None
-            if arm != "baseline" and "baseline" in by_arm:
-                row[f"{kind}_vs_baseline"] = paired_bootstrap(runs, by_arm["baseline"], tasks,
-                                                              comparison_rng(arm, "baseline", kind))
-            control = config.controls.get(arm)
-            if control in by_arm:
-                row["control"] = control
-                row[f"{kind}_vs_control"] = paired_bootstrap(runs, by_arm[control], tasks,
-                                                             comparison_rng(arm, control, kind))
+            for label, other in comparisons.items():
+                row[f"{kind}_vs_{label}"] = paired_bootstrap(runs, by_arm[other], tasks, comparison_rng(arm, other, kind))
         row["by_task"] = {t: _mean_std([float(np.mean(r["test"][t]["correct"])) for r in runs])
                           for t in id_tasks + ood_tasks}
+        row["by_seed"] = {r["seed"]: {t: float(np.mean(r["test"][t]["correct"])) for t in id_tasks + ood_tasks}
+                          for r in runs}  # the spread behind the std: seeds differ more than items resample
         reached = [tokens_to_target(r, id_tasks, config.target) for r in runs]
         row["tokens_to_target"] = reached
         row["marker_rate"] = _mean_std([_ratio(m for t in r["test"].values() for m in t["marker"]) for r in runs])
@@ -181,6 +181,10 @@ def markdown(summary: dict, command: str) -> str:
     per_task = ["| arm | " + " | ".join(f"{t.removeprefix('cogfm_')} ({'ID' if t in summary['id_tasks'] else 'OOD'})"
                                        for t in summary["id_tasks"] + summary["ood_tasks"]) + " |",
                 "|---|" + "---|" * (len(summary["id_tasks"]) + len(summary["ood_tasks"]))]
+    per_seed = [per_task[0].replace("| arm |", "| arm, seed |", 1), per_task[1]]
+    for arm, row in summary["arms"].items():
+        per_seed += [f"| {arm}, {seed} | " + " | ".join(f"{100 * scores[t]:.1f}" for t in summary["id_tasks"] + summary["ood_tasks"])
+                     + " |" for seed, scores in row["by_seed"].items()]
     for arm, row in summary["arms"].items():
         per_task.append(f"| {arm} | " + " | ".join(_pct(row["by_task"][t]) for t in summary["id_tasks"] + summary["ood_tasks"]) + " |")
     tokens = ["| arm | optimizer steps | token slots (steps × batch × seq_len) | non-padding tokens per seed | train + eval time |",
@@ -209,7 +213,7 @@ def markdown(summary: dict, command: str) -> str:
         "Exact match in %, mean ± std over seeds, on the full test sets of the saved checkpoints; the interval is "
         "a paired bootstrap over test items. Tokens to target: non-padding tokens until the in-loop ID accuracy "
         f"reaches {100 * summary['target']:.0f}%. Marker rate (test): share of generated test solutions that write "
-        "the BACK marker.", "", *lines, "", *controls, "Per task:", "", *per_task, "", "Budget per arm:", "", *tokens, "",
+        "the BACK marker.", "", *lines, "", *controls, "Per task:", "", *per_task, "", "Per seed:", "", *per_seed, "", "Budget per arm:", "", *tokens, "",
         "Baseline learning-rate sweep (chosen on the dev sets, never on test):", "", *sweep, ""])
 
 
