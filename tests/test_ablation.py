@@ -115,22 +115,21 @@ def test_paired_bootstrap_and_tokens_to_target():
     assert tokens_to_target({"curve": curve}, ["b"], 0.95) is None
 
 
+def _run_record(arm, seed, learning_rate, id_correct):
+    """A completed run's record as the runner writes it: test items of one ID and one OOD task."""
+    test = {"cogfm_addition_digits3": {"task": "addition", "difficulty": 3, "correct": id_correct, "marker": [0] * 100},
+            "cogfm_addition_digits5": {"task": "addition", "difficulty": 5, "correct": [0] * 100, "marker": [0] * 100}}
+    return {"arm": arm, "seed": seed, "learning_rate": learning_rate, "changes": {}, "test": test, "dev": {},
+            "curve": [], "self_correction": {}, "num_input_tokens_seen": 1000, "token_slots": 1024,
+            "global_step": 4, "train_seconds": 1.0, "eval_seconds": 1.0}
+
+
 def test_the_report_compares_an_arm_with_its_control_as_with_the_baseline():
     config, base = load_ablation(ABLATION_RECIPE)
     lr = base["training"]["learning_rate"]
     id_correct = {"baseline": [1, 0] * 50, "retry_p0.1": [0, 1] * 50, "random_order": [1, 0] * 50,
                   "curriculum_sqrt": [1, 1] * 50}
-
-    def record(arm, seed):
-        test = {"cogfm_addition_digits3": {"task": "addition", "difficulty": 3, "correct": id_correct[arm],
-                                           "marker": [0] * 100},
-                "cogfm_addition_digits5": {"task": "addition", "difficulty": 5, "correct": [0] * 100,
-                                           "marker": [0] * 100}}
-        return {"arm": arm, "seed": seed, "learning_rate": lr, "changes": {}, "test": test, "dev": {},
-                "curve": [], "self_correction": {}, "num_input_tokens_seen": 1000, "token_slots": 1024,
-                "global_step": 4, "train_seconds": 1.0, "eval_seconds": 1.0}
-
-    records = [record(arm, seed) for arm in id_correct for seed in (0, 1, 2)]
+    records = [_run_record(arm, seed, lr, id_correct[arm]) for arm in id_correct for seed in (0, 1, 2)]
     summary = summarise(config, base, records)
     curriculum = summary["arms"]["curriculum_sqrt"]
     assert curriculum["control"] == "random_order" and curriculum["id_vs_control"][0] == pytest.approx(0.5)
@@ -146,6 +145,20 @@ def test_the_report_compares_an_arm_with_its_control_as_with_the_baseline():
     # Per seed, as read from each run's items.
     assert curriculum["by_seed"] == {s: {"cogfm_addition_digits3": 1.0, "cogfm_addition_digits5": 0.0} for s in (0, 1, 2)}
     assert "| retry_p0.1, 2 | 50.0 | 0.0 |" in text
+
+
+def test_the_report_of_a_given_learning_rate_holds_only_its_runs():
+    config, base = load_ablation(ABLATION_RECIPE)
+    lr = base["training"]["learning_rate"]  # the sweep has not run, so the base recipe's is its choice
+    records = [_run_record(arm, seed, lr, [1, 0] * 50) for arm in ("baseline", "retry_p0.1") for seed in (0, 1, 2)]
+    records += [_run_record("baseline", seed, 2 * lr, [1, 1] * 50) for seed in (0, 1, 2)]
+    chosen, given = summarise(config, base, records), summarise(config, base, records, learning_rate=2 * lr)
+    assert chosen["learning_rate"] == chosen["sweep_choice"] == lr and list(chosen["arms"]) == ["baseline", "retry_p0.1"]
+    assert chosen["arms"]["baseline"]["id"] == (0.5, 0.0)
+    assert given["learning_rate"] == 2 * lr and given["sweep_choice"] == lr and list(given["arms"]) == ["baseline"]
+    assert given["arms"]["baseline"]["id"] == (1.0, 0.0)
+    assert f"for every arm (given with --learning_rate; the sweep chooses {lr:g})" in markdown(given, "x")
+    assert "given with" not in markdown(chosen, "x")
 
 
 def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
@@ -212,6 +225,16 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
     for name in ("ablation-accuracy-by-difficulty.png", "ablation-learning-curves.png"):
         assert (quick / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Learnability gate" in text
+
+    # The report of a given learning rate (here the one the quick runs used) goes beside it; an unknown one is refused.
+    lr = base["training"]["learning_rate"]
+    command = [sys.executable, str(REPO / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"), "--quick",
+               "--report-only", "--learning_rate"]
+    given = subprocess.run(command + [str(lr)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert given.returncode == 0, given.stderr[-2000:]
+    assert json.loads((quick / f"lr{lr:g}" / "results.json").read_text())["arms"].keys() == summary["arms"].keys()
+    unknown = subprocess.run(command + [str(3 * lr)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert unknown.returncode != 0 and f"--learning_rate {3 * lr:g}: no completed run" in unknown.stderr
 
     # Resumable: a second call finds every run complete and only rewrites the report.
     again = subprocess.run([sys.executable, str(REPO / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"),

@@ -9,7 +9,8 @@ The run, in order; every step is skipped when its output exists, so the runner r
 a large set runs in parts (`--arms`, `--seeds`):
 
 1. one tokenizer for every arm, trained on the baseline's data;
-2. the learning-rate sweep of the baseline (seed 0), chosen on the dev sets; every arm then uses it;
+2. the learning-rate sweep of the baseline (seed 0), chosen on the dev sets; every arm then uses it
+   (`--learning_rate` sets it instead: a set made before the sweep changed is re-run or re-reported so);
 3. each arm and seed: its data (arms with the same data share a build), `training/pretrain.py` on the
    resolved recipe (all arms: same model, schedule, steps, batch and sequence length, so the same token
    budget), then the lm-eval test and dev tasks on the saved checkpoint;
@@ -315,14 +316,19 @@ def chosen_learning_rate(config: AblationConfig, records: list[dict], base_lr: f
     return max(runs, key=dev_score)["learning_rate"]
 
 
-def execute(config: AblationConfig, ablation: Ablation, arms: list[str], seeds: list[int], sweep: bool) -> dict:
+def execute(config: AblationConfig, ablation: Ablation, arms: list[str], seeds: list[int], sweep: bool,
+            learning_rate: float | None = None) -> dict:
+    """Run the arms at `learning_rate`, or (None) at the sweep's choice after running the sweep."""
     started = time.perf_counter()
     ablation.output_dir.mkdir(parents=True, exist_ok=True)
     ablation.shared_tokenizer()
     records: list[dict] = []
-    if sweep:
+    if sweep and learning_rate is None:
         records += [ablation.run("baseline", {}, config.seeds[0], lr) for lr in config.learning_rates]
-    learning_rate = chosen_learning_rate(config, records, float(ablation.base["training"]["learning_rate"]))
+    if learning_rate is not None:
+        ablation.log(event="learning_rate", given=learning_rate)
+    else:
+        learning_rate = chosen_learning_rate(config, records, float(ablation.base["training"]["learning_rate"]))
     if records:
         ablation.log(event="learning_rate", chosen=learning_rate,
                      dev={r["learning_rate"]: round(dev_score(r), 4) for r in records})
@@ -380,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", help="comma-separated seeds (default: the recipe's)")
     parser.add_argument("--output_dir", help="override the recipe's output_dir (and report_dir)")
     parser.add_argument("--report-only", action="store_true", help="write the report from the completed runs")
+    parser.add_argument("--learning_rate", type=float,
+                        help="run and report every arm at this learning rate, not the sweep's choice (no sweep); "
+                             "the report goes to <report_dir>/lr<LR>")
     args, overrides = parser.parse_known_args(argv)
     from .ablation_report import write_report
 
@@ -405,15 +414,21 @@ def main(argv: list[str] | None = None) -> None:
             output_dir, report_dir = args.output_dir, None
         output_dir = Path(output_dir)
         report_dir = Path(report_dir) if report_dir else output_dir
+        if args.learning_rate is not None:
+            report_dir = report_dir / f"lr{args.learning_rate:g}"
         ablation = Ablation(config, base, overrides, output_dir)
     except RecipeError as error:
         sys.exit(f"recipe error: {error}")
     if not args.report_only:
-        outcome = execute(config, ablation, arms, seeds, sweep=not args.quick)
+        outcome = execute(config, ablation, arms, seeds, sweep=not args.quick, learning_rate=args.learning_rate)
         ablation.log(event="finished", seconds=round(outcome["seconds"], 1), runs=len(outcome["records"]),
                      waiting=outcome["waiting"])
     # The command that produces these runs (the report alone is rewritten by adding --report-only).
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(["python training/ablate.py", *(a for a in given if a != "--report-only")])
-    report = write_report(config, ablation.base, completed_records(ablation.runs_dir), report_dir, command)
+    records = completed_records(ablation.runs_dir)
+    if args.learning_rate is not None and not any(r["learning_rate"] == args.learning_rate for r in records):
+        sys.exit(f"--learning_rate {args.learning_rate:g}: no completed run in {ablation.runs_dir} has this learning "
+                 f"rate (they have {sorted({r['learning_rate'] for r in records})})")
+    report = write_report(config, ablation.base, records, report_dir, command, learning_rate=args.learning_rate)
     print(f"report: {report}", flush=True)

@@ -93,10 +93,12 @@ def learnability_gate(config, baseline_runs: list[dict], kinds: dict[str, str]) 
     return gate
 
 
-def summarise(config, base: dict, records: list[dict]) -> dict:
+def summarise(config, base: dict, records: list[dict], learning_rate: float | None = None) -> dict:
+    """The runs at `learning_rate`, or (None) at the sweep's choice."""
     tops = training_difficulty_tops(base["data"])
     kinds = split_tasks(records, tops)
-    chosen_lr = chosen_learning_rate(config, records, float(base["training"]["learning_rate"]))
+    sweep_choice = chosen_learning_rate(config, records, float(base["training"]["learning_rate"]))
+    chosen_lr = sweep_choice if learning_rate is None else learning_rate
     sweep = {r["learning_rate"]: {"dev": round(dev_score(r), 4), "train_seconds": r["train_seconds"]}
              for r in sweep_runs(config, records)}
     main = [r for r in records if r["learning_rate"] == chosen_lr]
@@ -133,7 +135,7 @@ def summarise(config, base: dict, records: list[dict]) -> dict:
         row["curve"] = [r["curve"] for r in runs]
         arms[arm] = row
     gate = learnability_gate(config, by_arm.get("baseline", []), kinds)
-    return {"learning_rate": chosen_lr, "sweep": sweep, "id_tasks": id_tasks, "ood_tasks": ood_tasks,
+    return {"learning_rate": chosen_lr, "sweep_choice": sweep_choice, "sweep": sweep, "id_tasks": id_tasks, "ood_tasks": ood_tasks,
             "training_tops": tops, "arms": arms, "gate": gate, "target": config.target,
             "difficulty": {t: r["test"][t]["difficulty"] for r in records for t in r["test"]},
             "total_seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in records), 1),
@@ -197,8 +199,10 @@ def markdown(summary: dict, command: str) -> str:
     controls = ["Against its control (the same paired bootstrap):", "",
                 "| comparison | ID [95% CI] | OOD [95% CI] |", "|---|---|---|", *controlled, ""] if controlled else []
     sweep = ["| learning rate | baseline dev exact match (seed 0) | train time |", "|---|---|---|"]
-    sweep += [f"| {lr:g}{' (chosen)' if lr == summary['learning_rate'] else ''} | {100 * v['dev']:.1f}% "
+    sweep += [f"| {lr:g}{' (chosen)' if lr == summary['sweep_choice'] else ''} | {100 * v['dev']:.1f}% "
               f"| {v['train_seconds'] / 60:.1f} min |" for lr, v in sorted(summary["sweep"].items())]
+    given_lr = ("" if summary["learning_rate"] == summary["sweep_choice"]
+                else f" (given with --learning_rate; the sweep chooses {summary['sweep_choice']:g})")
     gate = summary["gate"]
     gate_text = "not measured (no baseline run)" if gate is None else (
         f"{'passed' if gate['passed'] else 'NOT passed'}: baseline dev exact match {100 * gate['easiest']['dev']:.1f}% on "
@@ -206,7 +210,7 @@ def markdown(summary: dict, command: str) -> str:
         f"`{gate['top']['task']}` (needed {100 * gate['top']['needed']:.0f}%), mean over seeds.")
     return "\n".join([
         f"Reproduce: `{command}`. {summary['runs']} runs, {summary['total_seconds'] / 60:.1f} min of training and "
-        f"evaluation. Learning rate {summary['learning_rate']:g} for every arm. Training range: "
+        f"evaluation. Learning rate {summary['learning_rate']:g} for every arm{given_lr}. Training range: "
         f"{', '.join(f'{k} ≤ {v}' for k, v in summary['training_tops'].items())}; in-distribution (ID) test tasks: "
         f"{', '.join(summary['id_tasks'])}; out-of-distribution (OOD): {', '.join(summary['ood_tasks']) or '–'}.",
         "", f"**Learnability gate**: {gate_text}", "",
@@ -265,9 +269,10 @@ def plot_learning_curves(summary: dict, path: Path) -> Path | None:
                  "Ablation: learning curves (mean over seeds)")
 
 
-def write_report(config, base: dict, records: list[dict], report_dir: Path, command: str) -> Path:
+def write_report(config, base: dict, records: list[dict], report_dir: Path, command: str,
+                 learning_rate: float | None = None) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarise(config, base, records)
+    summary = summarise(config, base, records, learning_rate)
     (report_dir / "results.json").write_text(json.dumps(summary, indent=1, default=str))
     plots = [plot_accuracy_by_difficulty(summary, report_dir / "ablation-accuracy-by-difficulty.png"),
              plot_learning_curves(summary, report_dir / "ablation-learning-curves.png")]
