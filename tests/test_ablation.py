@@ -12,6 +12,7 @@ import yaml
 
 from cogfm_hf.data.recipe import RecipeError
 from cogfm_hf.training.ablation import REPO, arm_recipe, load_ablation, merged_changes
+from cogfm_hf.training.ablation import main as ablate_main
 from cogfm_hf.training.ablation_report import markdown, paired_bootstrap, summarise, tokens_to_target
 
 from .conftest import tiny_recipe, write_recipe
@@ -157,6 +158,8 @@ def test_the_report_of_a_given_learning_rate_holds_only_its_runs():
     assert chosen["arms"]["baseline"]["id"] == (0.5, 0.0)
     assert given["learning_rate"] == 2 * lr and given["sweep_choice"] == lr and list(given["arms"]) == ["baseline"]
     assert given["arms"]["baseline"]["id"] == (1.0, 0.0)
+    # Runs and time count what each report shows: its rate's runs and the sweep's (2 * lr is in the sweep).
+    assert (chosen["runs"], given["runs"]) == (7, 4) and given["total_seconds"] == 8.0
     assert f"for every arm (given with --learning_rate; the sweep chooses {lr:g})" in markdown(given, "x")
     assert "given with" not in markdown(chosen, "x")
 
@@ -228,13 +231,11 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
 
     # The report of a given learning rate (here the one the quick runs used) goes beside it; an unknown one is refused.
     lr = base["training"]["learning_rate"]
-    command = [sys.executable, str(REPO / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"), "--quick",
-               "--report-only", "--learning_rate"]
-    given = subprocess.run(command + [str(lr)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert given.returncode == 0, given.stderr[-2000:]
+    report_only = [str(tmp_path / "ablation.yaml"), "--quick", "--report-only", "--learning_rate"]
+    ablate_main(report_only + [str(lr)])
     assert json.loads((quick / f"lr{lr:g}" / "results.json").read_text())["arms"].keys() == summary["arms"].keys()
-    unknown = subprocess.run(command + [str(3 * lr)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert unknown.returncode != 0 and f"--learning_rate {3 * lr:g}: no completed run" in unknown.stderr
+    with pytest.raises(SystemExit, match=f"--learning_rate {3 * lr:g}: no completed run"):
+        ablate_main(report_only + [str(3 * lr)])
 
     # Resumable: a second call finds every run complete and only rewrites the report.
     again = subprocess.run([sys.executable, str(REPO / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"),

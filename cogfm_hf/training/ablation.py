@@ -323,15 +323,15 @@ def execute(config: AblationConfig, ablation: Ablation, arms: list[str], seeds: 
     ablation.output_dir.mkdir(parents=True, exist_ok=True)
     ablation.shared_tokenizer()
     records: list[dict] = []
-    if sweep and learning_rate is None:
-        records += [ablation.run("baseline", {}, config.seeds[0], lr) for lr in config.learning_rates]
     if learning_rate is not None:
         ablation.log(event="learning_rate", given=learning_rate)
     else:
+        if sweep:
+            records += [ablation.run("baseline", {}, config.seeds[0], lr) for lr in config.learning_rates]
         learning_rate = chosen_learning_rate(config, records, float(ablation.base["training"]["learning_rate"]))
-    if records:
-        ablation.log(event="learning_rate", chosen=learning_rate,
-                     dev={r["learning_rate"]: round(dev_score(r), 4) for r in records})
+        if records:
+            ablation.log(event="learning_rate", chosen=learning_rate,
+                         dev={r["learning_rate"]: round(dev_score(r), 4) for r in records})
     choices: dict[str, str] = {}
     waiting: list[str] = []
     for arm in arms:

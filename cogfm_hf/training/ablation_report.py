@@ -98,10 +98,12 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
     tops = training_difficulty_tops(base["data"])
     kinds = split_tasks(records, tops)
     sweep_choice = chosen_learning_rate(config, records, float(base["training"]["learning_rate"]))
-    chosen_lr = sweep_choice if learning_rate is None else learning_rate
+    if learning_rate is None:
+        learning_rate = sweep_choice
     sweep = {r["learning_rate"]: {"dev": round(dev_score(r), 4), "train_seconds": r["train_seconds"]}
              for r in sweep_runs(config, records)}
-    main = [r for r in records if r["learning_rate"] == chosen_lr]
+    main = [r for r in records if r["learning_rate"] == learning_rate]
+    covered = main + [r for r in sweep_runs(config, records) if r not in main]  # what the report's tables show
     by_arm: dict[str, list[dict]] = {}
     for record in main:
         by_arm.setdefault(record["arm"], []).append(record)
@@ -135,11 +137,11 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
         row["curve"] = [r["curve"] for r in runs]
         arms[arm] = row
     gate = learnability_gate(config, by_arm.get("baseline", []), kinds)
-    return {"learning_rate": chosen_lr, "sweep_choice": sweep_choice, "sweep": sweep, "id_tasks": id_tasks, "ood_tasks": ood_tasks,
+    return {"learning_rate": learning_rate, "sweep_choice": sweep_choice, "sweep": sweep, "id_tasks": id_tasks, "ood_tasks": ood_tasks,
             "training_tops": tops, "arms": arms, "gate": gate, "target": config.target,
             "difficulty": {t: r["test"][t]["difficulty"] for r in records for t in r["test"]},
-            "total_seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in records), 1),
-            "runs": len(records)}
+            "total_seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in covered), 1),
+            "runs": len(covered)}
 
 
 def _pct(pair) -> str:
