@@ -148,6 +148,25 @@ def test_the_report_compares_an_arm_with_its_control_as_with_the_baseline():
     assert "| retry_p0.1, 2 | 50.0 | 0.0 |" in text
 
 
+def test_a_control_named_by_a_selection_is_the_arm_the_selection_chose():
+    config, base = load_ablation(ABLATION_RECIPE)
+    assert config.controls["combined"] == "best_retry"
+    lr = base["training"]["learning_rate"]
+    id_correct = {"baseline": [1, 0], "retry_p0.1": [0, 0], "retry_p0.3": [1, 0], "retry_p0.5": [0, 0], "combined": [1, 1]}
+    dev_correct = {"baseline": [1, 0], "retry_p0.1": [0, 0], "retry_p0.3": [1, 1], "retry_p0.5": [1, 0], "combined": [1, 0]}
+    records = []
+    for arm in id_correct:
+        for seed in (0, 1, 2):
+            record = _run_record(arm, seed, lr, id_correct[arm] * 50)
+            record["dev"] = {"cogfm_addition_digits3_dev": {"difficulty": 3, "correct": dev_correct[arm] * 50}}
+            records.append(record)
+    combined = summarise(config, base, records)["arms"]["combined"]
+    assert combined["control"] == "retry_p0.3" and combined["id_vs_control"][0] == pytest.approx(0.5)
+    # While a candidate lacks a seed the selection is undecided, and there is no comparison rather than a guess.
+    undecided = [r for r in records if (r["arm"], r["seed"]) != ("retry_p0.5", 2)]
+    assert "control" not in summarise(config, base, undecided)["arms"]["combined"]
+
+
 def test_the_report_of_a_given_learning_rate_holds_only_its_runs():
     config, base = load_ablation(ABLATION_RECIPE)
     lr = base["training"]["learning_rate"]  # the sweep has not run, so the base recipe's is its choice

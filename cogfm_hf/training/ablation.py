@@ -72,7 +72,7 @@ class AblationConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     learning_rates: list[float] = field(default_factory=list)  # the baseline's sweep; empty: the base recipe's
     select: dict[str, list[str]] = field(default_factory=dict)  # selection name -> candidate arms
-    controls: dict[str, str] = field(default_factory=dict)  # arm -> its control arm, compared like the baseline
+    controls: dict[str, str] = field(default_factory=dict)  # arm -> its control arm or selection, compared as with the baseline
     self_correction_tasks: list[str] = field(default_factory=list)
     core: list[str] = field(default_factory=list)  # the arms of the core comparison (`--core`)
     quick: QuickConfig | None = None
@@ -112,9 +112,10 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, dict]:
         if missing or not candidates:
             raise RecipeError(f"{path}: select.{name}: unknown arm(s) {missing}" if missing else f"{path}: select.{name}: empty")
     for arm, control in config.controls.items():
-        unknown = [a for a in (arm, control) if a not in config.arms]
+        unknown = ([arm] if arm not in config.arms else []) + ([control] if control not in names else [])
         if unknown:
-            raise RecipeError(f"{path}: controls.{arm}: unknown arm(s) {unknown}; the recipe has {sorted(config.arms)}")
+            raise RecipeError(f"{path}: controls.{arm}: unknown arm(s) {unknown}; the recipe has arms "
+                              f"{sorted(config.arms)} and selections {sorted(config.select)}")
         if arm == control:
             raise RecipeError(f"{path}: controls.{arm}: an arm cannot be its own control")
     for listed in (config.core, config.quick.arms if config.quick else []):
@@ -351,24 +352,31 @@ def execute(config: AblationConfig, ablation: Ablation, arms: list[str], seeds: 
             "seconds": time.perf_counter() - started}
 
 
-def decide_selections(config: AblationConfig, ablation: Ablation, choices: dict[str, str], learning_rate: float) -> None:
-    """Choose each selection whose candidate arms have all run with every seed (at the chosen learning
-    rate): the one with the best mean dev score. Decided from the completed runs on disk, so a set run in
-    parts decides the same way."""
-    records = [r for r in completed_records(ablation.runs_dir) if r["learning_rate"] == learning_rate]
+def selection_scores(config: AblationConfig, records: list[dict], learning_rate: float) -> dict[str, dict[str, float]]:
+    """Each selection whose candidate arms have all run with every seed at `learning_rate`: its candidates'
+    mean dev scores, in the recipe's order (the chosen arm is the best; ties: the first listed)."""
+    records = [r for r in records if r["learning_rate"] == learning_rate]
+    decided = {}
     for selection, candidates in config.select.items():
-        if selection in choices:
-            continue
-        scores = {}
+        dev = {}
         for arm in candidates:
             runs = [r for r in records if r["arm"] == arm and r["seed"] in config.seeds]
             if len(runs) < len(config.seeds):
                 break
-            scores[arm] = sum(map(dev_score, runs)) / len(runs)
+            dev[arm] = sum(map(dev_score, runs)) / len(runs)
         else:
-            choices[selection] = max(candidates, key=scores.get)
+            decided[selection] = dev
+    return decided
+
+
+def decide_selections(config: AblationConfig, ablation: Ablation, choices: dict[str, str], learning_rate: float) -> None:
+    """Choose each selection that can be decided and is not yet. Decided from the completed runs on disk, so
+    a set run in parts decides the same way."""
+    for selection, dev in selection_scores(config, completed_records(ablation.runs_dir), learning_rate).items():
+        if selection not in choices:
+            choices[selection] = max(dev, key=dev.get)
             ablation.log(event="selection", name=selection, chosen=choices[selection],
-                         dev={a: round(v, 4) for a, v in scores.items()})
+                         dev={a: round(v, 4) for a, v in dev.items()})
 
 
 def completed_records(runs_dir: Path) -> list[dict]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..tasks import get_task
-from .ablation import chosen_learning_rate, dev_score, sweep_runs
+from .ablation import chosen_learning_rate, dev_score, selection_scores, sweep_runs
 from .plots import plt
 from .run import training_difficulty_tops
 
@@ -109,11 +109,14 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
         by_arm.setdefault(record["arm"], []).append(record)
     id_tasks = sorted(t for t, k in kinds.items() if k == "id")
     ood_tasks = sorted(t for t, k in kinds.items() if k == "ood")
+    # A control named by a selection is the arm it chose (none while undecided), as the runner chooses it.
+    chosen = {name: max(dev, key=dev.get) for name, dev in selection_scores(config, main, learning_rate).items()}
     arms = {}
     for arm in [a for a in config.arms if a in by_arm]:
         runs = sorted(by_arm[arm], key=lambda r: r["seed"])
         # Every arm against the baseline, and against its control where the recipe names one.
-        comparisons = {label: other for label, other in (("baseline", "baseline"), ("control", config.controls.get(arm)))
+        control = chosen.get(config.controls.get(arm), config.controls.get(arm))
+        comparisons = {label: other for label, other in (("baseline", "baseline"), ("control", control))
                        if other in by_arm and other != arm}
         row = {"seeds": [r["seed"] for r in runs], "changes": runs[0]["changes"], **({"control": comparisons["control"]}
                                                                                     if "control" in comparisons else {}),
