@@ -352,9 +352,10 @@ def execute(config: AblationConfig, ablation: Ablation, arms: list[str], seeds: 
             "seconds": time.perf_counter() - started}
 
 
-def selection_scores(config: AblationConfig, records: list[dict], learning_rate: float) -> dict[str, dict[str, float]]:
-    """Each selection whose candidate arms have all run with every seed at `learning_rate`: its candidates'
-    mean dev scores, in the recipe's order (the chosen arm is the best; ties: the first listed)."""
+def selection_choices(config: AblationConfig, records: list[dict],
+                      learning_rate: float) -> dict[str, tuple[str, dict]]:
+    """Each selection whose candidate arms have all run with every seed at `learning_rate`: the arm it chooses,
+    the best mean dev score (ties: the first listed), and every candidate's score."""
     records = [r for r in records if r["learning_rate"] == learning_rate]
     decided = {}
     for selection, candidates in config.select.items():
@@ -365,16 +366,17 @@ def selection_scores(config: AblationConfig, records: list[dict], learning_rate:
                 break
             dev[arm] = sum(map(dev_score, runs)) / len(runs)
         else:
-            decided[selection] = dev
+            decided[selection] = (max(dev, key=dev.get), dev)
     return decided
 
 
 def decide_selections(config: AblationConfig, ablation: Ablation, choices: dict[str, str], learning_rate: float) -> None:
     """Choose each selection that can be decided and is not yet. Decided from the completed runs on disk, so
     a set run in parts decides the same way."""
-    for selection, dev in selection_scores(config, completed_records(ablation.runs_dir), learning_rate).items():
+    records = completed_records(ablation.runs_dir)
+    for selection, (chosen, dev) in selection_choices(config, records, learning_rate).items():
         if selection not in choices:
-            choices[selection] = max(dev, key=dev.get)
+            choices[selection] = chosen
             ablation.log(event="selection", name=selection, chosen=choices[selection],
                          dev={a: round(v, 4) for a, v in dev.items()})
 

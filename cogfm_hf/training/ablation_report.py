@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..tasks import get_task
-from .ablation import chosen_learning_rate, dev_score, selection_scores, sweep_runs
+from .ablation import chosen_learning_rate, dev_score, selection_choices, sweep_runs
 from .plots import plt
 from .run import training_difficulty_tops
 
@@ -110,7 +110,7 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
     id_tasks = sorted(t for t, k in kinds.items() if k == "id")
     ood_tasks = sorted(t for t, k in kinds.items() if k == "ood")
     # A control named by a selection is the arm it chose (none while undecided), as the runner chooses it.
-    chosen = {name: max(dev, key=dev.get) for name, dev in selection_scores(config, main, learning_rate).items()}
+    chosen = {name: arm for name, (arm, _) in selection_choices(config, main, learning_rate).items()}
     arms = {}
     for arm in [a for a in config.arms if a in by_arm]:
         runs = sorted(by_arm[arm], key=lambda r: r["seed"])
