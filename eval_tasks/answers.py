@@ -27,6 +27,7 @@ def first_answer(text: str) -> str:
 def extract_answer(text: str, pattern: str, candidates: list[str] | None = None) -> str | None:
     """The final answer in free text: the last 'answer (is|:) X', else the last token matching `pattern`;
     with `candidates`, only those count (a prompt that asks "X or Y?")."""
+
     def admissible(token):
         return re.fullmatch(pattern, token) and (candidates is None or token in candidates)
 

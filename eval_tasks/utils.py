@@ -34,8 +34,9 @@ def load_test_set(test_set: str, **_metadata) -> datasets.DatasetDict:
     """`custom_dataset` of every cogfm task (lm-eval also passes its metadata, which is not needed here)."""
     path = DATA_DIR / f"{test_set}.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such cogfm test set; the files in {DATA_DIR} are written by "
-                                "`python -m cogfm_hf.tasks export`")
+        raise FileNotFoundError(
+            f"{path}: no such cogfm test set; the files in {DATA_DIR} are written by `python -m cogfm_hf.tasks export`"
+        )
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(records)})
 
@@ -58,5 +59,9 @@ def score_self_correction(doc: dict, results: list[str]) -> dict:
     marked = answers.starts_with_marker(response)
     correct = answer_of(doc, response) == doc["answer"]
     if doc["planted"]:
-        return {"self_corrected": float(marked and correct), "marker_rate": float(marked), "exact_match": float(correct)}
+        return {
+            "self_corrected": float(marked and correct),
+            "marker_rate": float(marked),
+            "exact_match": float(correct),
+        }
     return {"false_marker_rate": float(marked), "exact_match": float(correct)}

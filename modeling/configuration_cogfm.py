@@ -15,24 +15,45 @@ SUPPORTED_LAYER_TYPES = ("full_attention",)
 # Llama-style ratios (SwiGLU width ~2.7x hidden, 4:1 grouped-query attention).
 PRESETS = {
     "cogfm-tiny": dict(  # ~5 M parameters: the CPU default
-        vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=6,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
         tie_word_embeddings=True,
     ),
     "cogfm-125m": dict(
-        vocab_size=32768, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-        num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048,
+        vocab_size=32768,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
         tie_word_embeddings=True,
     ),
     "cogfm-1b": dict(
-        vocab_size=32768, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
+        vocab_size=32768,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
         tie_word_embeddings=True,
     ),
     "cogfm-6b": dict(
-        vocab_size=32768, hidden_size=4096, intermediate_size=11264, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
-        tie_word_embeddings=False, qk_norm=True,
+        vocab_size=32768,
+        hidden_size=4096,
+        intermediate_size=11264,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        qk_norm=True,
     ),
 }
 
@@ -139,8 +160,16 @@ class CogFMConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     def _check_sizes(self):
-        for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                      "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "head_dim"):
+        for field in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+            "head_dim",
+        ):
             value = getattr(self, field)
             if value is None and field == "head_dim":
                 continue

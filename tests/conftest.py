@@ -24,9 +24,16 @@ PRETRAINED_EVAL = {"tasks": ["cogfm_reasoning"], "every_steps": 3, "limit": 2, "
 def small_config(**overrides) -> CogFMConfig:
     """A CogFM small enough for exact-equality tests in milliseconds."""
     fields = dict(
-        vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     fields.update(overrides)
     return CogFMConfig(**fields)
@@ -64,18 +71,46 @@ def run_isolated_python(code: str, cwd, timeout: int = 300) -> subprocess.Comple
 def tiny_recipe(data_dir: Path, output_dir: Path, **training) -> dict:
     return {
         "data": {
-            "output_dir": str(data_dir), "workers": 1,
-            "sources": [{"name": "reasoning", "type": "tasks", "num_examples": 600, "seed": 0, "mixture": [
-                {"task": "chains", "difficulty": [1, 4], "retry_p": 0.3},
-                {"task": "arithmetic", "difficulty": [1, 2], "retry_p": 0.3}]}],
-            "tokenizer": {"vocab_size": 320, "train_chars": 60_000}, "pack": {"seq_len": 64},
+            "output_dir": str(data_dir),
+            "workers": 1,
+            "sources": [
+                {
+                    "name": "reasoning",
+                    "type": "tasks",
+                    "num_examples": 600,
+                    "seed": 0,
+                    "mixture": [
+                        {"task": "chains", "difficulty": [1, 4], "retry_p": 0.3},
+                        {"task": "arithmetic", "difficulty": [1, 2], "retry_p": 0.3},
+                    ],
+                }
+            ],
+            "tokenizer": {"vocab_size": 320, "train_chars": 60_000},
+            "pack": {"seq_len": 64},
         },
-        "model": {"preset": "cogfm-tiny", "overrides": {"hidden_size": 48, "intermediate_size": 96,
-                                                         "num_hidden_layers": 2, "num_attention_heads": 2,
-                                                         "num_key_value_heads": 1}},
-        "training": {"output_dir": str(output_dir), "max_steps": 6, "per_device_train_batch_size": 4,
-                     "learning_rate": 3e-3, "lr_scheduler_type": "linear", "warmup_steps": 0, "logging_steps": 1,
-                     "save_steps": 3, "report_to": "none", "seed": 0, **training},
+        "model": {
+            "preset": "cogfm-tiny",
+            "overrides": {
+                "hidden_size": 48,
+                "intermediate_size": 96,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+            },
+        },
+        "training": {
+            "output_dir": str(output_dir),
+            "max_steps": 6,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 3e-3,
+            "lr_scheduler_type": "linear",
+            "warmup_steps": 0,
+            "logging_steps": 1,
+            "save_steps": 3,
+            "report_to": "none",
+            "seed": 0,
+            **training,
+        },
         "curriculum": {"pacing": "sqrt", "c0": 0.3},
         "loss": {"error_weight": 0.0, "unlikelihood": 0.5, "z_loss": 1e-4},
         "eval": {"enabled": False},

@@ -5,22 +5,50 @@ import json
 import random
 from pathlib import Path
 
-NOUNS = ("farmer teacher doctor writer painter captain baker student engineer gardener sailor nurse miller "
-         "weaver poet judge singer tailor hunter merchant pilot potter clerk ranger").split()
+NOUNS = (
+    "farmer teacher doctor writer painter captain baker student engineer gardener sailor nurse miller "
+    "weaver poet judge singer tailor hunter merchant pilot potter clerk ranger"
+).split()
 ADJECTIVES = "old young quiet careful tired brave patient curious honest clever gentle proud busy lonely".split()
-VERBS = ("noticed remembered described studied questioned admired repaired visited painted measured "
-         "finished followed carried watched").split()
-THINGS = ("bridge market storm letter library garden road harvest harbour recipe lantern orchard fence "
-          "chapel mill river boat song map clock").split()
-PLACES = ("near the station", "behind the church", "across the valley", "in the north", "by the lake",
-          "at the border", "on the hill", "inside the old hall", "along the coast", "under the trees")
-TIMES = ("last winter", "every morning", "before dawn", "during the flood", "after the war", "one evening",
-         "in early spring", "at noon", "some years ago", "late at night")
+VERBS = (
+    "noticed remembered described studied questioned admired repaired visited painted measured "
+    "finished followed carried watched"
+).split()
+THINGS = (
+    "bridge market storm letter library garden road harvest harbour recipe lantern orchard fence "
+    "chapel mill river boat song map clock"
+).split()
+PLACES = (
+    "near the station",
+    "behind the church",
+    "across the valley",
+    "in the north",
+    "by the lake",
+    "at the border",
+    "on the hill",
+    "inside the old hall",
+    "along the coast",
+    "under the trees",
+)
+TIMES = (
+    "last winter",
+    "every morning",
+    "before dawn",
+    "during the flood",
+    "after the war",
+    "one evening",
+    "in early spring",
+    "at noon",
+    "some years ago",
+    "late at night",
+)
 
 
 def sentence(rng: random.Random) -> str:
-    return (f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {rng.choice(VERBS)} the {rng.choice(THINGS)} of the "
-            f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {rng.choice(PLACES)} {rng.choice(TIMES)}.")
+    return (
+        f"The {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {rng.choice(VERBS)} the {rng.choice(THINGS)} of the "
+        f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {rng.choice(PLACES)} {rng.choice(TIMES)}."
+    )
 
 
 def prose(rng: random.Random, sentences: int = 12) -> str:
@@ -56,14 +84,14 @@ def make_corpus(root: Path, eval_item: dict, good_docs: int = 12) -> dict:
     near[60] = "remarkably"  # one word changed: a near-duplicate of docs[1] (5-gram Jaccard ~0.95)
     contaminated = docs[2][:300] + "\n" + eval_item["prompt"] + eval_item["solution"]
     records = [{"text": d} for d in docs[:good_docs]] + [
-        {"text": docs[0]},                                  # exact duplicate of docs[0]
-        {"text": " ".join(near)},                           # near duplicate of docs[1]
-        {"text": "buy now " * 200},                         # repetition spam
-        {"text": "Too short."},                             # under min_chars
-        {"text": contaminated},                             # shares 13-grams with a test item
+        {"text": docs[0]},  # exact duplicate of docs[0]
+        {"text": " ".join(near)},  # near duplicate of docs[1]
+        {"text": "buy now " * 200},  # repetition spam
+        {"text": "Too short."},  # under min_chars
+        {"text": contaminated},  # shares 13-grams with a test item
     ]
     lines = [json.dumps(r) for r in records]
-    lines.insert(3, '{"text": "unterminated')             # corrupt JSON: line 4
+    lines.insert(3, '{"text": "unterminated')  # corrupt JSON: line 4
     lines.insert(5, json.dumps({"body": "no text field"}))  # missing field: line 6
     prose_dir, code_dir = root / "prose", root / "code"
     prose_dir.mkdir(parents=True)
@@ -76,13 +104,23 @@ def make_corpus(root: Path, eval_item: dict, good_docs: int = 12) -> dict:
     (code_dir / "temperature.py").write_text(GOOD_CODE)
     (code_dir / "minified.py").write_text("x=1;" * 700 + "\n")  # one 2,800-character line
     return {
-        "skips": sorted([
-            (f"{prose_dir / 'docs.jsonl'}:4", "corrupt_json"), (f"{prose_dir / 'docs.jsonl'}:6", "missing_field"),
-            (f"{prose_dir / 'bytes.jsonl'}:2", "invalid_utf8"), (f"{prose_dir / 'empty.txt'}:0", "empty_file"),
-            (f"{prose_dir / 'huge.txt'}:1", "absurdly_long"),
-        ]),
-        "removed": {"exact_duplicate": 1, "near_duplicate": 1, "length:too_short": 1,
-                    "decontamination:contaminated": 1, "code:code_long_line": 1, "gopher_repetition": 1},
+        "skips": sorted(
+            [
+                (f"{prose_dir / 'docs.jsonl'}:4", "corrupt_json"),
+                (f"{prose_dir / 'docs.jsonl'}:6", "missing_field"),
+                (f"{prose_dir / 'bytes.jsonl'}:2", "invalid_utf8"),
+                (f"{prose_dir / 'empty.txt'}:0", "empty_file"),
+                (f"{prose_dir / 'huge.txt'}:1", "absurdly_long"),
+            ]
+        ),
+        "removed": {
+            "exact_duplicate": 1,
+            "near_duplicate": 1,
+            "length:too_short": 1,
+            "decontamination:contaminated": 1,
+            "code:code_long_line": 1,
+            "gopher_repetition": 1,
+        },
         # good prose + the good line of bytes.jsonl + temperature.py
         "corpus_documents_out": good_docs + 2,
         "good_texts": docs,

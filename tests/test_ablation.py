@@ -52,13 +52,23 @@ def test_every_arm_of_the_recipe_differs_from_the_baseline_only_where_it_says(tm
     choices = {name: candidates[-1] for name, candidates in config.select.items()}
 
     def resolve(arm, seed=0):
-        return arm_recipe(base, merged_changes(config, arm, choices), seed=seed,
-                          learning_rate=2 * base["training"]["learning_rate"], run_dir=tmp_path / arm,
-                          data_root=tmp_path / "data", tokenizer_dir=tmp_path / "tok")
+        return arm_recipe(
+            base,
+            merged_changes(config, arm, choices),
+            seed=seed,
+            learning_rate=2 * base["training"]["learning_rate"],
+            run_dir=tmp_path / arm,
+            data_root=tmp_path / "data",
+            tokenizer_dir=tmp_path / "tok",
+        )
 
     baseline = resolve("baseline")
-    assert differing(baseline, base) == {"training.output_dir", "training.learning_rate",
-                                         "data.output_dir", "data.tokenizer.path"}
+    assert differing(baseline, base) == {
+        "training.output_dir",
+        "training.learning_rate",
+        "data.output_dir",
+        "data.tokenizer.path",
+    }
     for arm in config.arms:
         changes = merged_changes(config, arm, choices)
         fields = differing(resolve(arm, seed=1), baseline)
@@ -109,8 +119,11 @@ def test_paired_bootstrap_and_tokens_to_target():
     assert same == (0.0, 0.0, 0.0)
     better = paired_bootstrap([_record(s, [1, 1] * 50) for s in range(3)], base, ["t"], rng)
     assert better[0] == pytest.approx(0.5) and 0.35 < better[1] < 0.5 < better[2] < 0.65
-    curve = [{"tokens": 0, "exact_match": {"a": 0.1, "b": 0.9}}, {"tokens": 500, "exact_match": {"a": 0.6, "b": 0.3}},
-             {"tokens": 900, "exact_match": {"a": 0.7, "b": 0.5}}]
+    curve = [
+        {"tokens": 0, "exact_match": {"a": 0.1, "b": 0.9}},
+        {"tokens": 500, "exact_match": {"a": 0.6, "b": 0.3}},
+        {"tokens": 900, "exact_match": {"a": 0.7, "b": 0.5}},
+    ]
     assert tokens_to_target({"curve": curve}, ["a"], 0.6) == 500
     assert tokens_to_target({"curve": curve}, ["a", "b"], 0.6) == 900
     assert tokens_to_target({"curve": curve}, ["b"], 0.95) is None
@@ -118,18 +131,36 @@ def test_paired_bootstrap_and_tokens_to_target():
 
 def _run_record(arm, seed, learning_rate, id_correct):
     """A completed run's record as the runner writes it: test items of one ID and one OOD task."""
-    test = {"cogfm_addition_digits3": {"task": "addition", "difficulty": 3, "correct": id_correct, "marker": [0] * 100},
-            "cogfm_addition_digits5": {"task": "addition", "difficulty": 5, "correct": [0] * 100, "marker": [0] * 100}}
-    return {"arm": arm, "seed": seed, "learning_rate": learning_rate, "changes": {}, "test": test, "dev": {},
-            "curve": [], "self_correction": {}, "num_input_tokens_seen": 1000, "token_slots": 1024,
-            "global_step": 4, "train_seconds": 1.0, "eval_seconds": 1.0}
+    test = {
+        "cogfm_addition_digits3": {"task": "addition", "difficulty": 3, "correct": id_correct, "marker": [0] * 100},
+        "cogfm_addition_digits5": {"task": "addition", "difficulty": 5, "correct": [0] * 100, "marker": [0] * 100},
+    }
+    return {
+        "arm": arm,
+        "seed": seed,
+        "learning_rate": learning_rate,
+        "changes": {},
+        "test": test,
+        "dev": {},
+        "curve": [],
+        "self_correction": {},
+        "num_input_tokens_seen": 1000,
+        "token_slots": 1024,
+        "global_step": 4,
+        "train_seconds": 1.0,
+        "eval_seconds": 1.0,
+    }
 
 
 def test_the_report_compares_an_arm_with_its_control_as_with_the_baseline():
     config, base = load_ablation(ABLATION_RECIPE)
     lr = base["training"]["learning_rate"]
-    id_correct = {"baseline": [1, 0] * 50, "retry_p0.1": [0, 1] * 50, "random_order": [1, 0] * 50,
-                  "curriculum_sqrt": [1, 1] * 50}
+    id_correct = {
+        "baseline": [1, 0] * 50,
+        "retry_p0.1": [0, 1] * 50,
+        "random_order": [1, 0] * 50,
+        "curriculum_sqrt": [1, 1] * 50,
+    }
     records = [_run_record(arm, seed, lr, id_correct[arm]) for arm in id_correct for seed in (0, 1, 2)]
     summary = summarise(config, base, records)
     curriculum = summary["arms"]["curriculum_sqrt"]
@@ -144,7 +175,9 @@ def test_the_report_compares_an_arm_with_its_control_as_with_the_baseline():
     text = markdown(summary, "python training/ablate.py")
     assert "| curriculum_sqrt − random_order | +50.0 [" in text
     # Per seed, as read from each run's items.
-    assert curriculum["by_seed"] == {s: {"cogfm_addition_digits3": 1.0, "cogfm_addition_digits5": 0.0} for s in (0, 1, 2)}
+    assert curriculum["by_seed"] == {
+        s: {"cogfm_addition_digits3": 1.0, "cogfm_addition_digits5": 0.0} for s in (0, 1, 2)
+    }
     assert "| retry_p0.1, 2 | 50.0 | 0.0 |" in text
 
 
@@ -152,8 +185,20 @@ def test_a_control_named_by_a_selection_is_the_arm_the_selection_chose():
     config, base = load_ablation(ABLATION_RECIPE)
     assert config.controls["combined"] == "best_retry"
     lr = base["training"]["learning_rate"]
-    id_correct = {"baseline": [1, 0], "retry_p0.1": [0, 0], "retry_p0.3": [1, 0], "retry_p0.5": [0, 0], "combined": [1, 1]}
-    dev_correct = {"baseline": [1, 0], "retry_p0.1": [0, 0], "retry_p0.3": [1, 1], "retry_p0.5": [1, 0], "combined": [1, 0]}
+    id_correct = {
+        "baseline": [1, 0],
+        "retry_p0.1": [0, 0],
+        "retry_p0.3": [1, 0],
+        "retry_p0.5": [0, 0],
+        "combined": [1, 1],
+    }
+    dev_correct = {
+        "baseline": [1, 0],
+        "retry_p0.1": [0, 0],
+        "retry_p0.3": [1, 1],
+        "retry_p0.5": [1, 0],
+        "combined": [1, 0],
+    }
     records = []
     for arm in id_correct:
         for seed in (0, 1, 2):
@@ -173,7 +218,10 @@ def test_the_report_of_a_given_learning_rate_holds_only_its_runs():
     records = [_run_record(arm, seed, lr, [1, 0] * 50) for arm in ("baseline", "retry_p0.1") for seed in (0, 1, 2)]
     records += [_run_record("baseline", seed, 2 * lr, [1, 1] * 50) for seed in (0, 1, 2)]
     chosen, given = summarise(config, base, records), summarise(config, base, records, learning_rate=2 * lr)
-    assert chosen["learning_rate"] == chosen["sweep_choice"] == lr and list(chosen["arms"]) == ["baseline", "retry_p0.1"]
+    assert chosen["learning_rate"] == chosen["sweep_choice"] == lr and list(chosen["arms"]) == [
+        "baseline",
+        "retry_p0.1",
+    ]
     assert chosen["arms"]["baseline"]["id"] == (0.5, 0.0)
     assert given["learning_rate"] == 2 * lr and given["sweep_choice"] == lr and list(given["arms"]) == ["baseline"]
     assert given["arms"]["baseline"]["id"] == (1.0, 0.0)
@@ -189,19 +237,33 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
     base["data"]["sources"][0]["num_examples"] = 400
     base["curriculum"] = {"pacing": "uniform"}
     base["loss"] = {}
-    base["eval"] = {"tasks": ["cogfm_addition_digits3"], "every_steps": 3, "limit": 2, "final_limit": 2,
-                    "batch_size": 8}
+    base["eval"] = {
+        "tasks": ["cogfm_addition_digits3"],
+        "every_steps": 3,
+        "limit": 2,
+        "final_limit": 2,
+        "batch_size": 8,
+    }
     write_recipe(tmp_path / "base.yaml", base)
     ablation = yaml.safe_load(ABLATION_RECIPE.read_text())
-    ablation.update(base="base.yaml", output_dir=str(tmp_path / "full"), test_limit=3, eval_batch_size=8,
-                    test_tasks=["cogfm_addition_digits3", "cogfm_addition_digits5"],
-                    dev_tasks=["cogfm_addition_digits3_dev", "cogfm_addition_digits5_dev"],
-                    quick={"arms": ["baseline", "retry_p0.3"], "seeds": [0],
-                           "output_dir": str(tmp_path / "quick")})
+    ablation.update(
+        base="base.yaml",
+        output_dir=str(tmp_path / "full"),
+        test_limit=3,
+        eval_batch_size=8,
+        test_tasks=["cogfm_addition_digits3", "cogfm_addition_digits5"],
+        dev_tasks=["cogfm_addition_digits3_dev", "cogfm_addition_digits5_dev"],
+        quick={"arms": ["baseline", "retry_p0.3"], "seeds": [0], "output_dir": str(tmp_path / "quick")},
+    )
     write_recipe(tmp_path / "ablation.yaml", ablation)
 
-    result = subprocess.run([sys.executable, str(REPO / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"),
-                             "--quick"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"), "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     quick = tmp_path / "quick"
     runs = {p.parent.name.split("-lr")[0]: p.parent for p in quick.glob("runs/*/ablation_eval.json")}
@@ -242,7 +304,9 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
     tables = [block.splitlines() for block in text.split("\n\n") if block.startswith("| arm |")]
     main = tables[0]
     assert len(main) == 2 + len(summary["arms"]) and main[1].startswith("|---|")
-    assert all(len(table) == len(main) and {line.count("|") for line in table} == {table[0].count("|")} for table in tables)
+    assert all(
+        len(table) == len(main) and {line.count("|") for line in table} == {table[0].count("|")} for table in tables
+    )
     assert [line.split(" | ")[0] for line in main[2:]] == [f"| {arm}" for arm in summary["arms"]]
     for name in ("ablation-accuracy-by-difficulty.png", "ablation-learning-curves.png"):
         assert (quick / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -257,6 +321,11 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
         ablate_main(report_only + [str(3 * lr)])
 
     # Resumable: a second call finds every run complete and only rewrites the report.
-    again = subprocess.run([sys.executable, str(REPO / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"),
-                            "--quick"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    again = subprocess.run(
+        [sys.executable, str(REPO / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"), "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert again.returncode == 0 and '"event": "start"' not in again.stdout, again.stdout[-2000:]

@@ -2,11 +2,11 @@
 
 import json
 
-from cogfm_hf.benchmarks import model_speed
-from cogfm_hf.benchmarks.model_speed import llama_twin
+from transformers import LlamaForCausalLM
 
 from cogfm_hf import CogFMConfig, CogFMForCausalLM
-from transformers import LlamaForCausalLM
+from cogfm_hf.benchmarks import model_speed
+from cogfm_hf.benchmarks.model_speed import llama_twin
 
 
 def test_llama_twin_has_identical_shape():
@@ -17,8 +17,24 @@ def test_llama_twin_has_identical_shape():
 
 def test_benchmark_script_reports_both_models(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    model_speed.main(["--precisions", "fp32", "--batch-size", "2", "--seq-len", "16", "--new-tokens", "4",
-                      "--warmup", "0", "--repeats", "2", "--json", str(out)])
+    model_speed.main(
+        [
+            "--precisions",
+            "fp32",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "16",
+            "--new-tokens",
+            "4",
+            "--warmup",
+            "0",
+            "--repeats",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
     (result,) = json.loads(out.read_text())
     assert result["precision"] == "fp32" and result["parameters"] == 5770496
     for phase in ("train", "decode"):

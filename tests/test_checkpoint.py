@@ -30,8 +30,13 @@ def test_save_pretrained_writes_a_self_contained_directory(tmp_path):
     model = CogFMForCausalLM(small_config())
     model.save_pretrained(tmp_path)
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json",
-            "configuration_cogfm.py", "modeling_cogfm.py"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "configuration_cogfm.py",
+        "modeling_cogfm.py",
+    } <= names
     assert "__init__.py" not in names
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {

@@ -13,8 +13,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from cogfm_hf.data import RecipeError, build, load_packed, load_recipe, unpack_documents
-from cogfm_hf.data.pipeline import lsh_bands
 from cogfm_hf.data.pack import TASK_VOCAB
+from cogfm_hf.data.pipeline import lsh_bands
 from cogfm_hf.data.tokenizer import RESERVED_TOKENS
 from cogfm_hf.tasks import BACK
 from cogfm_hf.tasks.export import DEFAULT_DIR
@@ -31,8 +31,13 @@ def recipe_dict(root: Path, output: Path, **overrides) -> dict:
         "sources": [
             {"name": "prose", "type": "files", "path": str(root / "prose")},
             {"name": "code", "type": "files", "path": str(root / "code")},
-            {"name": "reasoning", "type": "tasks", "num_examples": 120, "seed": 3,
-             "mixture": [{"task": "chains", "retry_p": 0.4}, {"task": "arithmetic", "retry_p": 0.4}]},
+            {
+                "name": "reasoning",
+                "type": "tasks",
+                "num_examples": 120,
+                "seed": 3,
+                "mixture": [{"task": "chains", "retry_p": 0.4}, {"task": "arithmetic", "retry_p": 0.4}],
+            },
         ],
         "clean": {"min_chars": 20, "max_chars": 50_000, "max_document_chars": 100_000},
         "tokenizer": {"vocab_size": 400, "train_chars": 100_000},
@@ -70,7 +75,9 @@ def test_planted_corpus_gives_exactly_the_expected_survivors_and_counts(built):
         removed[key] = removed.get(key, 0) + info["documents"]
         assert info["examples"], reason  # every reason shows what it removed
     assert removed == expected["removed"]
-    assert report["removed"]["decontamination:contaminated"]["examples"][0]["contaminated_by"].startswith("logic_depth4")
+    assert report["removed"]["decontamination:contaminated"]["examples"][0]["contaminated_by"].startswith(
+        "logic_depth4"
+    )
     assert report["near_duplicate_clusters"] == {"clusters": 1, "documents_in_clusters": 2}
     corpus_out = read_jsonl_gz(built["work"] / "near_deduped")
     assert len(corpus_out) == expected["corpus_documents_out"]
@@ -131,7 +138,9 @@ def test_error_mask_lines_up_with_retry_spans_token_for_token(built):
     checked = set()
     for row in packed:
         ids, mask, positions = row["input_ids"], row["error_mask"], row["position_ids"]
-        starts = [i for i, p in enumerate(positions) if p == 0 and row["attention_mask"][i]] + [sum(row["attention_mask"])]
+        starts = [i for i, p in enumerate(positions) if p == 0 and row["attention_mask"][i]] + [
+            sum(row["attention_mask"])
+        ]
         for a, b in zip(starts, starts[1:]):
             key = tuple(ids[a:b])
             if key not in spans_by_text:
@@ -173,15 +182,18 @@ def test_a_different_recipe_does_not_silently_replace_a_build(built):
         build(recipe_dict(built["root"], built["output"], pack={"seq_len": 128}))
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda r: r.update(colour="red"), "unknown key"),
-    (lambda r: r["sources"][0].update(path="/does/not/exist"), r"sources\[0\] \(prose\).path"),
-    (lambda r: r["sources"][2]["mixture"][0].update(retry_p=1.5), r"sources\[2\] \(reasoning\).mixture"),
-    (lambda r: r.update(filters={"prose": {"gopher_quality": {"min_words": 3}}}), "filters.prose.gopher_quality"),
-    (lambda r: r.update(tokenizer={"vocab_size": 100}), "tokenizer.vocab_size"),
-    (lambda r: r.update(dedup={"threshold": 1.5}), "dedup.threshold"),
-    (lambda r: r.update(clean={"min_chars": 10, "max_chars": 5}), "clean"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda r: r.update(colour="red"), "unknown key"),
+        (lambda r: r["sources"][0].update(path="/does/not/exist"), r"sources\[0\] \(prose\).path"),
+        (lambda r: r["sources"][2]["mixture"][0].update(retry_p=1.5), r"sources\[2\] \(reasoning\).mixture"),
+        (lambda r: r.update(filters={"prose": {"gopher_quality": {"min_words": 3}}}), "filters.prose.gopher_quality"),
+        (lambda r: r.update(tokenizer={"vocab_size": 100}), "tokenizer.vocab_size"),
+        (lambda r: r.update(dedup={"threshold": 1.5}), "dedup.threshold"),
+        (lambda r: r.update(clean={"min_chars": 10, "max_chars": 5}), "clean"),
+    ],
+)
 def test_recipe_mistakes_fail_before_any_work(tmp_path, mutate, field):
     root = tmp_path / "c"
     make_corpus(root, EVAL_ITEM)
@@ -197,7 +209,9 @@ def test_recipe_file_errors_name_the_file(tmp_path):
     path.write_text("output_dir: x\nsources: [{name: a, type: nope}]\n")
     with pytest.raises(RecipeError, match=r"r.yaml: sources\[0\] \(a\).type"):
         load_recipe(path)
-    result = subprocess.run([sys.executable, "-m", "cogfm_hf.data", "build", str(path)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "cogfm_hf.data", "build", str(path)], capture_output=True, text=True
+    )
     assert result.returncode != 0 and "recipe error" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -212,8 +226,12 @@ def test_interrupted_build_leaves_the_output_untouched_and_resumes(tmp_path):
     slow["sources"][2]["num_examples"] = 30_000  # long enough to be interrupted mid-way
     recipe_path = tmp_path / "slow.yaml"
     recipe_path.write_text(json.dumps(slow))
-    process = subprocess.Popen([sys.executable, "-m", "cogfm_hf.data", "build", str(recipe_path), "--overwrite"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cogfm_hf.data", "build", str(recipe_path), "--overwrite"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob(".out.build-*/curated")):
         time.sleep(0.2)
@@ -237,14 +255,22 @@ def test_datasets_sources_from_local_data(tmp_path):
     (tmp_path / "parquet").mkdir()
     datasets.Dataset.from_dict({"content": texts[20:]}).to_parquet(str(tmp_path / "parquet" / "part-0.parquet"))
     recipe = {
-        "output_dir": str(tmp_path / "out"), "workers": 1,
+        "output_dir": str(tmp_path / "out"),
+        "workers": 1,
         "sources": [
             {"name": "saved", "type": "hf_dataset", "path": str(tmp_path / "saved")},
-            {"name": "hub_style", "type": "hf_dataset", "path": str(tmp_path / "parquet"), "text_field": "content",
-             "streaming": True},
+            {
+                "name": "hub_style",
+                "type": "hf_dataset",
+                "path": str(tmp_path / "parquet"),
+                "text_field": "content",
+                "streaming": True,
+            },
         ],
-        "filters": {"prose": {}, "code": None}, "dedup": {"exact": False, "near": False},
-        "tokenizer": {"vocab_size": 300, "train_chars": 10_000}, "pack": {"seq_len": 64},
+        "filters": {"prose": {}, "code": None},
+        "dedup": {"exact": False, "near": False},
+        "tokenizer": {"vocab_size": 300, "train_chars": 10_000},
+        "pack": {"seq_len": 64},
     }
     build(recipe)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -255,8 +281,12 @@ def test_datasets_sources_from_local_data(tmp_path):
 def test_reusing_a_tokenizer_directory(built, tmp_path):
     root = tmp_path / "c"
     make_corpus(root, EVAL_ITEM)
-    recipe = recipe_dict(root, tmp_path / "out", tokenizer={"path": str(built["output"] / "tokenizer")},
-                         sources=[{"name": "code", "type": "files", "path": str(root / "code")}])
+    recipe = recipe_dict(
+        root,
+        tmp_path / "out",
+        tokenizer={"path": str(built["output"] / "tokenizer")},
+        sources=[{"name": "code", "type": "files", "path": str(root / "code")}],
+    )
     build(recipe)
     reused = json.loads((tmp_path / "out" / "tokenizer" / "tokenizer.json").read_text())
     original = json.loads((built["output"] / "tokenizer" / "tokenizer.json").read_text())

@@ -23,8 +23,11 @@ from cogfm_hf.training.evaluation import EVAL_TASKS_DIR, scores
 from .conftest import PRETRAINED_EVAL, run_isolated_python
 
 # Every task file (group files list tasks; task files name one): the test tasks, and the dev sets beside them.
-ALL_TASK_NAMES = sorted(config["task"] for config in map(lambda p: yaml.safe_load(p.read_text()), EVAL_TASKS_DIR.glob("cogfm_*.yaml"))
-                        if isinstance(config.get("task"), str))
+ALL_TASK_NAMES = sorted(
+    config["task"]
+    for config in map(lambda p: yaml.safe_load(p.read_text()), EVAL_TASKS_DIR.glob("cogfm_*.yaml"))
+    if isinstance(config.get("task"), str)
+)
 TASK_NAMES = [name for name in ALL_TASK_NAMES if not name.endswith("_dev")]
 DEV_TASK_NAMES = [name for name in ALL_TASK_NAMES if name.endswith("_dev")]
 MANIFEST = json.loads((EVAL_TASKS_DIR / "data" / "manifest.json").read_text())
@@ -37,10 +40,23 @@ def task_manager():
 
 def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
     assert len(TASK_NAMES) == 30 + 5 + 2  # generation buckets, self-correction per task, next-step tasks
-    assert DEV_TASK_NAMES == sorted(f"{name}_dev" for name in TASK_NAMES if not name.endswith(("_next_step", "_self_correction")))
+    assert DEV_TASK_NAMES == sorted(
+        f"{name}_dev" for name in TASK_NAMES if not name.endswith(("_next_step", "_self_correction"))
+    )
     lm_eval = Path(sys.executable).parent / "lm_eval"
-    result = subprocess.run([str(lm_eval), "validate", "--tasks", ",".join(["cogfm_reasoning", "cogfm_dev", *ALL_TASK_NAMES]),
-                             "--include_path", str(EVAL_TASKS_DIR)], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            str(lm_eval),
+            "validate",
+            "--tasks",
+            ",".join(["cogfm_reasoning", "cogfm_dev", *ALL_TASK_NAMES]),
+            "--include_path",
+            str(EVAL_TASKS_DIR),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0 and "All tasks found and valid" in result.stdout, result.stdout + result.stderr
 
     tasks = task_manager.load(["cogfm_reasoning"])["tasks"]
@@ -60,12 +76,18 @@ def test_dev_sets_come_from_training_templates_and_share_no_problem_with_test(ta
     """Choices (a learning rate, the best arm of an ablation) are made on the dev sets, never on test."""
     dev_tasks = task_manager.load(["cogfm_dev"])["tasks"]
     assert sorted(dev_tasks) == DEV_TASK_NAMES
-    test_prompts = {json.loads(line)["prompt"] for path in (EVAL_TASKS_DIR / "data").glob("*.jsonl")
-                    if not path.stem.endswith("_dev") for line in path.read_text().splitlines()}
+    test_prompts = {
+        json.loads(line)["prompt"]
+        for path in (EVAL_TASKS_DIR / "data").glob("*.jsonl")
+        if not path.stem.endswith("_dev")
+        for line in path.read_text().splitlines()
+    }
     for name, task in dev_tasks.items():
         docs = list(task.test_docs())
         test = task_manager.load([name.removesuffix("_dev")])["tasks"][name.removesuffix("_dev")]
-        assert len(docs) == 100 and MANIFEST["files"][f"{task.config.dataset_kwargs['test_set']}.jsonl"]["split"] == "dev"
+        assert (
+            len(docs) == 100 and MANIFEST["files"][f"{task.config.dataset_kwargs['test_set']}.jsonl"]["split"] == "dev"
+        )
         assert {d["difficulty"] for d in docs} == {d["difficulty"] for d in test.test_docs()}, name  # the same bucket
         assert not any(is_held_out(d["template_id"]) for d in docs), name
         assert not {d["prompt"] for d in docs} & test_prompts, name
@@ -119,8 +141,9 @@ class ReferenceLM(LM):
 
 
 def _evaluate(model, task_manager) -> dict:
-    return simple_evaluate(model=model, tasks=["cogfm_reasoning", "cogfm_dev"], task_manager=task_manager, limit=None,
-                           bootstrap_iters=0)
+    return simple_evaluate(
+        model=model, tasks=["cogfm_reasoning", "cogfm_dev"], task_manager=task_manager, limit=None, bootstrap_iters=0
+    )
 
 
 def test_gold_solutions_score_100_percent_on_every_item(task_manager):
@@ -136,7 +159,9 @@ def test_gold_solutions_score_100_percent_on_every_item(task_manager):
         else:
             assert flat[f"{name}/exact_match"] == 1.0, name
     assert flat["cogfm_reasoning/exact_match"] == flat["cogfm_chains_ood/exact_match"] == 1.0
-    assert flat["cogfm_self_correction/self_corrected"] == 1.0 and flat["cogfm_self_correction/false_marker_rate"] == 0.0
+    assert (
+        flat["cogfm_self_correction/self_corrected"] == 1.0 and flat["cogfm_self_correction/false_marker_rate"] == 0.0
+    )
 
 
 def test_wrong_answers_score_0_percent_on_every_item(task_manager):
@@ -162,10 +187,15 @@ def _utils():
 
 def test_self_correction_needs_the_marker_first_then_the_right_answer_and_no_false_alarms():
     utils = _utils()
-    planted, control = map(json.loads, (EVAL_TASKS_DIR / "data" / "logic_self_correction.jsonl").read_text().splitlines()[:2])
+    planted, control = map(
+        json.loads, (EVAL_TASKS_DIR / "data" / "logic_self_correction.jsonl").read_text().splitlines()[:2]
+    )
     right, wrong = f"{ANSWER_PREFIX}{planted['answer']}\n", f"{ANSWER_PREFIX}{_wrong_answer(planted)}\n"
-    assert utils.score_self_correction(planted, [BACK + right]) == {"self_corrected": 1.0, "marker_rate": 1.0,
-                                                                    "exact_match": 1.0}
+    assert utils.score_self_correction(planted, [BACK + right]) == {
+        "self_corrected": 1.0,
+        "marker_rate": 1.0,
+        "exact_match": 1.0,
+    }
     assert utils.score_self_correction(planted, [right])["self_corrected"] == 0.0  # the mistake stayed
     assert utils.score_self_correction(planted, [f"x{BACK}{right}"])["marker_rate"] == 0.0  # the marker comes first
     assert utils.score_self_correction(planted, [BACK + wrong])["self_corrected"] == 0.0
@@ -184,10 +214,12 @@ def test_cli_on_a_checkpoint_without_the_package_equals_the_in_loop_scores(pretr
     """The CLI exactly as the README gives it, from another directory, on the final checkpoint of a run whose
     callback evaluated the same tasks with the same item limit after its last step."""
     limit, batch = PRETRAINED_EVAL["final_limit"], PRETRAINED_EVAL["batch_size"]
-    code = ("import sys\nfrom lm_eval.__main__ import cli_evaluate\n"
-            f"sys.argv = ['lm_eval', '--model', 'hf', '--model_args', 'pretrained={pretrained},trust_remote_code=True', "
-            f"'--include_path', {str(EVAL_TASKS_DIR)!r}, '--tasks', 'cogfm_reasoning', '--device', 'cpu', "
-            f"'--limit', '{limit}', '--batch_size', '{batch}', '--output_path', 'results']\ncli_evaluate()\n")
+    code = (
+        "import sys\nfrom lm_eval.__main__ import cli_evaluate\n"
+        f"sys.argv = ['lm_eval', '--model', 'hf', '--model_args', 'pretrained={pretrained},trust_remote_code=True', "
+        f"'--include_path', {str(EVAL_TASKS_DIR)!r}, '--tasks', 'cogfm_reasoning', '--device', 'cpu', "
+        f"'--limit', '{limit}', '--batch_size', '{batch}', '--output_path', 'results']\ncli_evaluate()\n"
+    )
     result = run_isolated_python(code, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     [results_file] = (tmp_path / "results").rglob("results_*.json")

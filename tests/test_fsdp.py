@@ -63,8 +63,10 @@ def test_fsdp2_sharding_matches_unsharded_and_consolidates(tmp_path):
             continue
         assert torch.equal(consolidated[name], value), name
 
-    code = ("from transformers import AutoModelForCausalLM\n"
-            f"m = AutoModelForCausalLM.from_pretrained({str(export)!r}, trust_remote_code=True)\n"
-            "print(type(m).__name__)\n")
+    code = (
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(export)!r}, trust_remote_code=True)\n"
+        "print(type(m).__name__)\n"
+    )
     result = run_isolated_python(code, cwd=tmp_path)
     assert result.returncode == 0 and "CogFMForCausalLM" in result.stdout, result.stderr[-2000:]

@@ -29,17 +29,29 @@ def test_weights_mark_errors_marker_correction_and_padding():
     assert masks["weights"][0].tolist() == [0.0, 0.0, 2.0, 3.0, 3.0, 1.0, 0.0]
 
 
-@pytest.mark.parametrize("config", [
-    LossConfig(), LossConfig(error_weight=0.0), LossConfig(error_weight=0.0, unlikelihood=0.5),
-    LossConfig(marker_weight=2.0, correction_weight=1.5, z_loss=1e-3),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        LossConfig(),
+        LossConfig(error_weight=0.0),
+        LossConfig(error_weight=0.0, unlikelihood=0.5),
+        LossConfig(marker_weight=2.0, correction_weight=1.5, z_loss=1e-3),
+    ],
+)
 def test_loss_equals_a_hand_computation(config):
     ids, attention, error, logits = small_case()
     masks = token_weights(ids, attention, error, MARKER, torch.tensor([NEWLINE]), config)
     terms = self_correction_loss(logits, ids, masks, config)
     expected = 0.0
-    weights = {0: config.error_weight, 1: config.error_weight, 2: config.marker_weight,
-               3: config.correction_weight, 4: config.correction_weight, 5: 1.0, 6: 0.0}
+    weights = {
+        0: config.error_weight,
+        1: config.error_weight,
+        2: config.marker_weight,
+        3: config.correction_weight,
+        4: config.correction_weight,
+        5: 1.0,
+        6: 0.0,
+    }
     for t in range(7):  # position t predicts token t+1
         log_probs = torch.log_softmax(logits[0, t], dim=-1)
         target = ids[0, t + 1].item()

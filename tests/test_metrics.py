@@ -14,8 +14,9 @@ def metric():
 
 
 def test_exact_match_by_difficulty_on_hand_made_cases(metric):
-    result = metric.compute(predictions=["7", " 3", "yes", "12", "0"], references=["7", "3", "no", "12", "1"],
-                            difficulties=[2, 2, 4, 4, 6])
+    result = metric.compute(
+        predictions=["7", " 3", "yes", "12", "0"], references=["7", "3", "no", "12", "1"], difficulties=[2, 2, 4, 4, 6]
+    )
     assert result["exact_match"] == pytest.approx(3 / 5)
     assert result["by_difficulty"] == {2: 1.0, 4: 0.5, 6: 0.0}
     assert result["count_by_difficulty"] == {2: 2, 4: 2, 6: 1}

@@ -38,7 +38,9 @@ def test_default_lora_trains_only_adapters_and_merges_exactly(tmp_path):
 
     peft_model.save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
-    reloaded = PeftModel.from_pretrained(CogFMForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter").eval()
+    reloaded = PeftModel.from_pretrained(
+        CogFMForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter"
+    ).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, adapted_logits, rtol=0, atol=0)
 

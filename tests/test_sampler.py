@@ -103,8 +103,9 @@ def test_two_ranks_see_disjoint_batches(pacing):
     s = sampler(pacing=pacing)
     s.set_epoch(0)
     batches = list(BatchSampler(s, batch_size=10, drop_last=False))
-    shards = [list(BatchSamplerShard(BatchSampler(s, 10, False), num_processes=2, process_index=rank))
-              for rank in (0, 1)]
+    shards = [
+        list(BatchSamplerShard(BatchSampler(s, 10, False), num_processes=2, process_index=rank)) for rank in (0, 1)
+    ]
     assert shards[0] == batches[0::2] and shards[1] == batches[1::2]  # Accelerate deals the global batches
     if pacing == "uniform":  # without replacement, so no example is seen by both ranks
         assert not set(sum(shards[0], [])) & set(sum(shards[1], []))

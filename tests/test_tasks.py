@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from cogfm_hf.tasks import BACK, TASKS, Mixture, add_retries, get_task, strip_retries
-from cogfm_hf.tasks.code_trace import program_of, run_program, ProgramTimeout
 from cogfm_hf.tasks.base import is_held_out
+from cogfm_hf.tasks.code_trace import ProgramTimeout, program_of, run_program
 from cogfm_hf.tasks.export import DEFAULT_DIR, export, next_step_records, render, self_correction_records, stale_files
 
 TASK_NAMES = sorted(TASKS)
@@ -31,16 +31,25 @@ def test_verify_accepts_gold_in_free_text_and_rejects_wrong_answers(name):
     task = TASKS[name]
     for example in take(task.generate(3), 30):
         gold = example.answer
-        for output in (example.solution, f"Answer: {gold}", f"so the answer is {gold}.",
-                       f"After working it out, the final answer is **{gold}**", f"{gold}",
-                       f"Let me think. The answer: {gold}\nDone."):
+        for output in (
+            example.solution,
+            f"Answer: {gold}",
+            f"so the answer is {gold}.",
+            f"After working it out, the final answer is **{gold}**",
+            f"{gold}",
+            f"Let me think. The answer: {gold}\nDone.",
+        ):
             assert task.verify(example, output), (output, gold)
         if name == "logic":
             wrong = [c for c in task.answer_candidates(example.prompt) if c != gold][0]
         else:
             wrong = str(int(gold) + 1)
-        for output in (f"Answer: {wrong}", f"the answer is {wrong}", example.solution.replace(
-                f"Answer: {gold}", f"Answer: {wrong}"), "I don't know."):
+        for output in (
+            f"Answer: {wrong}",
+            f"the answer is {wrong}",
+            example.solution.replace(f"Answer: {gold}", f"Answer: {wrong}"),
+            "I don't know.",
+        ):
             assert not task.verify(example, output), (output, gold)
 
 
@@ -170,14 +179,23 @@ def test_weak_mistakes_name_a_later_step():
             assert retried.solution[s:e] in example.meta["heads"]
 
 
-@pytest.mark.parametrize("name, knobs, knob", [
-    ("chains", dict(op=-1), "op"), ("chains", dict(modulus=1), "modulus"), ("chains", dict(op=(5, 2)), "op"),
-    ("chains", dict(distractors=-2), "distractors"), ("arithmetic", dict(digits=0), "digits"),
-    ("arithmetic", dict(operation="/"), "operation"), ("addition", dict(operation="*"), "operation"),
-    ("logic", dict(depth=0), "depth"),
-    ("logic", dict(max_premises=0), "max_premises"), ("code", dict(nesting=3), "nesting"),
-    ("code", dict(loop_count=0), "loop_count"), ("chains", dict(colour="red"), "colour"),
-])
+@pytest.mark.parametrize(
+    "name, knobs, knob",
+    [
+        ("chains", dict(op=-1), "op"),
+        ("chains", dict(modulus=1), "modulus"),
+        ("chains", dict(op=(5, 2)), "op"),
+        ("chains", dict(distractors=-2), "distractors"),
+        ("arithmetic", dict(digits=0), "digits"),
+        ("arithmetic", dict(operation="/"), "operation"),
+        ("addition", dict(operation="*"), "operation"),
+        ("logic", dict(depth=0), "depth"),
+        ("logic", dict(max_premises=0), "max_premises"),
+        ("code", dict(nesting=3), "nesting"),
+        ("code", dict(loop_count=0), "loop_count"),
+        ("chains", dict(colour="red"), "colour"),
+    ],
+)
 def test_bad_knob_values_raise_naming_the_knob(name, knobs, knob):
     with pytest.raises(ValueError, match=knob):
         next(get_task(name).generate(0, **knobs))
@@ -193,8 +211,10 @@ def test_retry_p_outside_range_is_rejected(p):
 
 
 def test_mixture_is_deterministic_weighted_and_materialises():
-    config = [{"task": "chains", "weight": 3, "difficulty": [2, 3], "retry_p": 0.3},
-              {"task": "arithmetic", "weight": 1, "knobs": {"operation": "+"}}]
+    config = [
+        {"task": "chains", "weight": 3, "difficulty": [2, 3], "retry_p": 0.3},
+        {"task": "arithmetic", "weight": 1, "knobs": {"operation": "+"}},
+    ]
     a, b = Mixture(config, seed=5), Mixture(config, seed=5)
     assert [a.example(i).text for i in range(50)] == [b.example(i).text for i in range(50)]
     assert a.example(17).text == b.example(17).text  # random access: a pure function of (seed, index)
@@ -239,8 +259,8 @@ def test_self_correction_items_pair_a_planted_mistake_with_the_true_next_step():
             mistake = planted["mistake"]
             partial = planted["prompt"][: -len(mistake)]
             assert planted["prompt"].endswith(mistake) and control["mistake"] is None
-            assert not (partial + planted["solution"][len(BACK):]).startswith(planted["prompt"])  # a real mistake
-            assert partial + planted["solution"][len(BACK):] == control["prompt"] + control["solution"]
+            assert not (partial + planted["solution"][len(BACK) :]).startswith(planted["prompt"])  # a real mistake
+            assert partial + planted["solution"][len(BACK) :] == control["prompt"] + control["solution"]
             answer_line = control["solution"].rstrip("\n").rsplit("\n", 1)[-1]
             assert task.extract_answer(answer_line, control["answer_candidates"]) == control["answer"]
 

@@ -28,9 +28,11 @@ PRETRAIN = ROOT / "training" / "pretrain.py"
 def logits_without_the_package(checkpoint: Path, ids: torch.Tensor, scratch: Path) -> torch.Tensor:
     """Load `checkpoint` with trust_remote_code in a fresh interpreter that cannot import cogfm_hf."""
     torch.save(ids, scratch / "ids.pt")
-    code = (f"import torch\nfrom transformers import AutoModelForCausalLM\n"
-            f"m = AutoModelForCausalLM.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)\n"
-            f"torch.save(m(torch.load({str(scratch / 'ids.pt')!r})).logits, {str(scratch / 'out.pt')!r})\n")
+    code = (
+        f"import torch\nfrom transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)\n"
+        f"torch.save(m(torch.load({str(scratch / 'ids.pt')!r})).logits, {str(scratch / 'out.pt')!r})\n"
+    )
     result = run_isolated_python(code, cwd=scratch)
     assert result.returncode == 0, result.stderr[-2000:]
     return torch.load(scratch / "out.pt")
@@ -41,13 +43,27 @@ def test_pretraining_loss_falls_and_every_checkpoint_is_hub_ready(pretrained, tm
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert len(losses) == 6 and losses[-1] < losses[0]
     logged = set().union(*(entry for entry in state["log_history"] if "loss" in entry))  # keys over the run
-    assert {"loss_task/chains", "loss_task/arithmetic", "curriculum/competence", "loss_parts/unlikelihood",
-            "loss_parts/z_loss", "tokens_per_second", "mfu", "guard/skipped_updates"} <= set(logged)
+    assert {
+        "loss_task/chains",
+        "loss_task/arithmetic",
+        "curriculum/competence",
+        "loss_parts/unlikelihood",
+        "loss_parts/z_loss",
+        "tokens_per_second",
+        "mfu",
+        "guard/skipped_updates",
+    } <= set(logged)
     assert any(key.startswith("loss_difficulty/") for key in logged)
     for directory in (pretrained / "checkpoint-3", pretrained / "checkpoint-6", pretrained):
         names = {p.name for p in directory.iterdir()}
-        assert {"config.json", "model.safetensors", "modeling_cogfm.py", "configuration_cogfm.py",
-                "tokenizer.json", "cogfm_recipe.yaml"} <= names, directory
+        assert {
+            "config.json",
+            "model.safetensors",
+            "modeling_cogfm.py",
+            "configuration_cogfm.py",
+            "tokenizer.json",
+            "cogfm_recipe.yaml",
+        } <= names, directory
         recipe = yaml.safe_load((directory / "cogfm_recipe.yaml").read_text())
         assert recipe["training"]["max_steps"] == 6 and recipe["curriculum"]["pacing"] == "sqrt"
     summary = json.loads((pretrained / "training_summary.json").read_text())
@@ -66,22 +82,53 @@ def _trainer(data_dir, output, callbacks=(), **arguments):
     recipe = recipe_from_dict(tiny_recipe(data_dir, output))
     torch.manual_seed(0)
     model = build_model(recipe, tokenizer, 64)
-    defaults = dict(output_dir=str(output), report_to="none", use_cpu=True, max_steps=1, seed=0,
-                    lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
-                    remove_unused_columns=False, save_strategy="no", logging_steps=1)
+    defaults = dict(
+        output_dir=str(output),
+        report_to="none",
+        use_cpu=True,
+        max_steps=1,
+        seed=0,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        remove_unused_columns=False,
+        save_strategy="no",
+        logging_steps=1,
+    )
     args = TrainingArguments(**{**defaults, **arguments})
-    return CogFMTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                        curriculum=recipe.curriculum, loss_config=recipe.loss, guard=recipe.guard,
-                        marker_id=tokenizer.convert_tokens_to_ids("<|back|>"),
-                        newline_ids=newline_token_ids(tokenizer), callbacks=list(callbacks))
+    return CogFMTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        curriculum=recipe.curriculum,
+        loss_config=recipe.loss,
+        guard=recipe.guard,
+        marker_id=tokenizer.convert_tokens_to_ids("<|back|>"),
+        newline_ids=newline_token_ids(tokenizer),
+        callbacks=list(callbacks),
+    )
 
 
 def test_gradient_accumulation_gives_the_same_update(data_dir, tmp_path):
     # Plain SGD: the update is proportional to the gradient, so any normalisation error shows.
-    one_by_eight = _trainer(data_dir, tmp_path / "a", per_device_train_batch_size=8, gradient_accumulation_steps=1,
-                            optim="sgd", learning_rate=1.0)
-    four_by_two = _trainer(data_dir, tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=4,
-                           optim="sgd", learning_rate=1.0)
+    one_by_eight = _trainer(
+        data_dir,
+        tmp_path / "a",
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
+        optim="sgd",
+        learning_rate=1.0,
+    )
+    four_by_two = _trainer(
+        data_dir,
+        tmp_path / "b",
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=4,
+        optim="sgd",
+        learning_rate=1.0,
+    )
     before = {k: v.clone() for k, v in one_by_eight.model.state_dict().items()}
     for trainer in (one_by_eight, four_by_two):
         trainer.train()
@@ -102,8 +149,9 @@ def test_a_nan_step_is_skipped_and_training_continues(data_dir, tmp_path):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             snapshots[("end", state.global_step)] = {k: v.clone() for k, v in model.state_dict().items()}
 
-    trainer = _trainer(data_dir, tmp_path, callbacks=[Snapshot()], max_steps=5, per_device_train_batch_size=4,
-                       learning_rate=1e-3)
+    trainer = _trainer(
+        data_dir, tmp_path, callbacks=[Snapshot()], max_steps=5, per_device_train_batch_size=4, learning_rate=1e-3
+    )
     real_compute_loss = trainer.compute_loss
 
     def compute_loss_with_nan_in_step_3(*args, **kwargs):
@@ -115,7 +163,9 @@ def test_a_nan_step_is_skipped_and_training_continues(data_dir, tmp_path):
     assert trainer.state.global_step == 5
     assert [s["step"] for s in trainer.skipped_updates] == [3]
     for step in range(1, 6):
-        same = all(torch.equal(snapshots[("begin", step)][k], snapshots[("end", step)][k]) for k in snapshots[("end", step)])
+        same = all(
+            torch.equal(snapshots[("begin", step)][k], snapshots[("end", step)][k]) for k in snapshots[("end", step)]
+        )
         assert same == (step == 3), step
     logged = [entry for entry in trainer.state.log_history if "guard/skipped_updates" in entry]
     assert logged[-1]["guard/skipped_updates"] == 1
@@ -128,15 +178,30 @@ def _run(args: list[str], cwd: Path, timeout=600) -> subprocess.CompletedProcess
 
 def test_resume_after_a_kill_matches_a_straight_run(data_dir, tmp_path):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe(data_dir, tmp_path / "unused"))
-    base = [sys.executable, str(PRETRAIN), str(recipe), "--max_steps", "40", "--save_steps", "20",
-            "--per_device_train_batch_size", "8"]
+    base = [
+        sys.executable,
+        str(PRETRAIN),
+        str(recipe),
+        "--max_steps",
+        "40",
+        "--save_steps",
+        "20",
+        "--per_device_train_batch_size",
+        "8",
+    ]
     straight = _run(base + ["--output_dir", str(tmp_path / "straight")], tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     interrupted = tmp_path / "interrupted"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(base + ["--output_dir", str(interrupted)], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        base + ["--output_dir", str(interrupted)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     marker = interrupted / "checkpoint-20" / "trainer_state.json"  # written last: the checkpoint is complete
     deadline = time.time() + 300
     while not marker.exists() and time.time() < deadline and process.poll() is None:
@@ -145,8 +210,10 @@ def test_resume_after_a_kill_matches_a_straight_run(data_dir, tmp_path):
     process.wait()
     assert marker.exists() and not (interrupted / "checkpoint-40").exists(), "the kill came too late"
 
-    resumed = _run(base + ["--output_dir", str(interrupted), "--resume_from_checkpoint",
-                           str(interrupted / "checkpoint-20")], tmp_path)
+    resumed = _run(
+        base + ["--output_dir", str(interrupted), "--resume_from_checkpoint", str(interrupted / "checkpoint-20")],
+        tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     def losses(run):
@@ -161,12 +228,34 @@ def test_resume_after_a_kill_matches_a_straight_run(data_dir, tmp_path):
 def test_two_process_cpu_ddp_launch(data_dir, tmp_path):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe(data_dir, tmp_path / "out"))
     accelerate = Path(sys.executable).parent / "accelerate"
-    result = _run([str(accelerate), "launch", "--config_file", str(ROOT / "training/accelerate/cpu_ddp.yaml"),
-                   "--main_process_port", "29611", str(PRETRAIN), str(recipe), "--max_steps", "4", "--save_steps", "4",
-                   # in-loop evaluation on the main process while the other waits at the next gradient all-reduce
-                   "--eval.enabled", "true", "--eval.tasks", "[cogfm_chains_op2]", "--eval.every_steps", "2",
-                   "--eval.limit", "2", "--eval.final_limit", "2"],
-                  tmp_path)
+    result = _run(
+        [
+            str(accelerate),
+            "launch",
+            "--config_file",
+            str(ROOT / "training/accelerate/cpu_ddp.yaml"),
+            "--main_process_port",
+            "29611",
+            str(PRETRAIN),
+            str(recipe),
+            "--max_steps",
+            "4",
+            "--save_steps",
+            "4",
+            # in-loop evaluation on the main process while the other waits at the next gradient all-reduce
+            "--eval.enabled",
+            "true",
+            "--eval.tasks",
+            "[cogfm_chains_op2]",
+            "--eval.every_steps",
+            "2",
+            "--eval.limit",
+            "2",
+            "--eval.final_limit",
+            "2",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes" in result.stdout
     state = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
@@ -177,16 +266,38 @@ def test_two_process_cpu_ddp_launch(data_dir, tmp_path):
 
 def test_the_default_recipe_runs_with_a_small_max_steps(tmp_path):
     output = tmp_path / "run"
-    result = _run([sys.executable, str(PRETRAIN), "--max_steps", "2", "--save_steps", "2", "--output_dir", str(output),
-                   "--data.output_dir", str(tmp_path / "data"), "--eval.tasks", "[cogfm_chains_id]",
-                   "--eval.limit", "2", "--eval.final_limit", "2",
-                   "--report_to", "none"], ROOT, timeout=900)
+    result = _run(
+        [
+            sys.executable,
+            str(PRETRAIN),
+            "--max_steps",
+            "2",
+            "--save_steps",
+            "2",
+            "--output_dir",
+            str(output),
+            "--data.output_dir",
+            str(tmp_path / "data"),
+            "--eval.tasks",
+            "[cogfm_chains_id]",
+            "--eval.limit",
+            "2",
+            "--eval.final_limit",
+            "2",
+            "--report_to",
+            "none",
+        ],
+        ROOT,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cogfm_chains_id" in result.stdout and (output / "README.md").exists()  # the final evaluation ran
-    code = (f"from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            f"m = AutoModelForCausalLM.from_pretrained({str(output)!r}, trust_remote_code=True)\n"
-            f"t = AutoTokenizer.from_pretrained({str(output)!r})\n"
-            f"print(type(m).__name__, m.config.vocab_size == len(t))\n")
+    code = (
+        f"from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(output)!r}, trust_remote_code=True)\n"
+        f"t = AutoTokenizer.from_pretrained({str(output)!r})\n"
+        f"print(type(m).__name__, m.config.vocab_size == len(t))\n"
+    )
     loaded = run_isolated_python(code, cwd=tmp_path)
     assert loaded.returncode == 0 and "CogFMForCausalLM True" in loaded.stdout, loaded.stderr[-2000:]
 
@@ -230,9 +341,16 @@ def test_bf16_autocast_on_cpu_trains(data_dir, tmp_path):
 
 
 def test_warmup_stable_decay_schedule(data_dir, tmp_path):
-    trainer = _trainer(data_dir, tmp_path, max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3,
-                       lr_scheduler_type="warmup_stable_decay", warmup_steps=2,
-                       lr_scheduler_kwargs={"num_decay_steps": 3})
+    trainer = _trainer(
+        data_dir,
+        tmp_path,
+        max_steps=8,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        lr_scheduler_type="warmup_stable_decay",
+        warmup_steps=2,
+        lr_scheduler_kwargs={"num_decay_steps": 3},
+    )
     trainer.train()
     rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
     assert rates[0] < rates[2] == rates[3] == rates[4]  # warm up, then hold

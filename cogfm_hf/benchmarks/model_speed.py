@@ -27,12 +27,20 @@ def llama_twin(config: CogFMConfig) -> LlamaConfig:
     if config.qk_norm:
         raise ValueError("Llama has no QK-norm: benchmark CogFM with qk_norm=False for a like-for-like comparison.")
     return LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads, head_dim=config.head_dim,
-        max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.rms_norm_eps,
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.max_position_embeddings,
+        rms_norm_eps=config.rms_norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-        tie_word_embeddings=config.tie_word_embeddings, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        tie_word_embeddings=config.tie_word_embeddings,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
     )
 
 
@@ -61,7 +69,9 @@ def make_train_step(model, batch, device, bf16):
 def make_decode(model, prompt, new_tokens, device, bf16):
     def decode():
         with torch.no_grad(), _autocast(device, bf16):
-            model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True)
+            model.generate(
+                prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True
+            )
 
     return decode
 
@@ -89,12 +99,22 @@ def summarise(times: dict, tokens_per_call: int) -> dict:
     ratios = sorted(llama / cogfm for cogfm, llama in zip(times["cogfm"], times["llama"]))
     return {
         "tokens_per_s": {name: tokens_per_call / statistics.median(t) for name, t in times.items()},
-        "ratio_median": statistics.median(ratios), "ratio_min": ratios[0], "ratio_max": ratios[-1],
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": ratios[0],
+        "ratio_max": ratios[-1],
     }
 
 
-def benchmark(config: CogFMConfig, device: torch.device, bf16: bool, batch_size: int, seq_len: int,
-              new_tokens: int, warmup: int, repeats: int) -> dict:
+def benchmark(
+    config: CogFMConfig,
+    device: torch.device,
+    bf16: bool,
+    batch_size: int,
+    seq_len: int,
+    new_tokens: int,
+    warmup: int,
+    repeats: int,
+) -> dict:
     torch.manual_seed(0)
     models = {
         "cogfm": CogFMForCausalLM(config).to(device),
@@ -112,23 +132,41 @@ def benchmark(config: CogFMConfig, device: torch.device, bf16: bool, batch_size:
     prompt = batch[:1, :32]
     decode = interleaved_times(
         {name: make_decode(m.eval(), prompt, new_tokens, device, bf16) for name, m in models.items()},
-        1, repeats, device,
+        1,
+        repeats,
+        device,
     )
     return {
-        "device": str(device), "precision": "bf16-autocast" if bf16 else "fp32", "parameters": counts["cogfm"],
-        "batch": f"{batch_size}x{seq_len}", "decode_shape": f"1x32 prompt + {new_tokens} new", "repeats": repeats,
-        "train": summarise(train, batch_size * seq_len), "decode": summarise(decode, new_tokens),
+        "device": str(device),
+        "precision": "bf16-autocast" if bf16 else "fp32",
+        "parameters": counts["cogfm"],
+        "batch": f"{batch_size}x{seq_len}",
+        "decode_shape": f"1x32 prompt + {new_tokens} new",
+        "repeats": repeats,
+        "train": summarise(train, batch_size * seq_len),
+        "decode": summarise(decode, new_tokens),
     }
 
 
 def format_rows(results: list[dict]) -> str:
     def cells(summary, digits):
         tps = summary["tokens_per_s"]
-        return [f"{tps['cogfm']:,.{digits}f}", f"{tps['llama']:,.{digits}f}",
-                f"{summary['ratio_median']:.2f} ({summary['ratio_min']:.2f}-{summary['ratio_max']:.2f})"]
+        return [
+            f"{tps['cogfm']:,.{digits}f}",
+            f"{tps['llama']:,.{digits}f}",
+            f"{summary['ratio_median']:.2f} ({summary['ratio_min']:.2f}-{summary['ratio_max']:.2f})",
+        ]
 
-    header = ["device", "precision", "train tok/s CogFM", "Llama", "ratio (min-max)",
-              "decode tok/s CogFM", "Llama", "ratio (min-max)"]
+    header = [
+        "device",
+        "precision",
+        "train tok/s CogFM",
+        "Llama",
+        "ratio (min-max)",
+        "decode tok/s CogFM",
+        "Llama",
+        "ratio (min-max)",
+    ]
     rows = [[r["device"], r["precision"]] + cells(r["train"], 0) + cells(r["decode"], 1) for r in results]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -143,8 +181,13 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--devices", nargs="*", default=None, help="default: cpu, and cuda when present")
-    parser.add_argument("--precisions", nargs="*", choices=["fp32", "bf16"], default=None,
-                        help="default: fp32 and bf16 autocast on CPU, bf16 autocast on CUDA")
+    parser.add_argument(
+        "--precisions",
+        nargs="*",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="default: fp32 and bf16 autocast on CPU, bf16 autocast on CUDA",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -154,12 +197,15 @@ def main(argv=None):
     for device in map(torch.device, devices):
         precisions = args.precisions or (["fp32", "bf16"] if device.type == "cpu" else ["bf16"])
         for bf16 in (p == "bf16" for p in precisions):
-            result = benchmark(config, device, bf16, args.batch_size, args.seq_len, args.new_tokens,
-                               args.warmup, args.repeats)
+            result = benchmark(
+                config, device, bf16, args.batch_size, args.seq_len, args.new_tokens, args.warmup, args.repeats
+            )
             print(json.dumps(result), flush=True)
             results.append(result)
-    print(f"\n{args.preset}: {results[0]['parameters']:,} parameters, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads; batch {args.batch_size}x{args.seq_len}; medians of {args.repeats}\n")
+    print(
+        f"\n{args.preset}: {results[0]['parameters']:,} parameters, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads; batch {args.batch_size}x{args.seq_len}; medians of {args.repeats}\n"
+    )
     print(format_rows(results))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,6 +1,6 @@
 """The data pipeline: sources -> clean -> filter -> deduplicate -> decontaminate -> tokenizer -> packed shards.
 
-    python -m cogfm_hf.data build RECIPE.yaml     # RECIPE: a data recipe, or a training recipe's `data:` section
+python -m cogfm_hf.data build RECIPE.yaml     # RECIPE: a data recipe, or a training recipe's `data:` section
 """
 
 from .pack import TASK_VOCAB, load_packed, unpack_documents

@@ -14,7 +14,12 @@ import unicodedata
 from pathlib import Path
 
 from datatrove.data import Document
-from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+)
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.formatters.base import BaseFormatter
 
@@ -92,8 +97,13 @@ class CodeQualityFilter(BaseFilter):
 
     name = "💻 code quality"
 
-    def __init__(self, max_line_length: int = 1000, max_mean_line_length: float = 100.0,
-                 min_alnum_fraction: float = 0.25, exclusion_writer=None):
+    def __init__(
+        self,
+        max_line_length: int = 1000,
+        max_mean_line_length: float = 100.0,
+        min_alnum_fraction: float = 0.25,
+        exclusion_writer=None,
+    ):
         super().__init__(exclusion_writer)
         self.max_line_length = max_line_length
         self.max_mean_line_length = max_mean_line_length

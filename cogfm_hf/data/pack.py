@@ -31,11 +31,19 @@ OPEN_SEQUENCES = 8  # per difficulty group: more means less padding, but more me
 
 def packed_features(seq_len: int) -> Features:
     per_token = lambda dtype: Sequence(Value(dtype), length=seq_len)  # noqa: E731
-    return Features({
-        "input_ids": per_token("int32"), "position_ids": per_token("int32"), "attention_mask": per_token("int8"),
-        "error_mask": per_token("int8"), "task_ids": per_token("int8"), "difficulties": per_token("int16"),
-        "difficulty": Value("int16"), "task": Value("string"), "num_documents": Value("int32"),
-    })
+    return Features(
+        {
+            "input_ids": per_token("int32"),
+            "position_ids": per_token("int32"),
+            "attention_mask": per_token("int8"),
+            "error_mask": per_token("int8"),
+            "task_ids": per_token("int8"),
+            "difficulties": per_token("int16"),
+            "difficulty": Value("int16"),
+            "task": Value("string"),
+            "num_documents": Value("int32"),
+        }
+    )
 
 
 def error_mask_for(offsets: list[tuple[int, int]], spans: list[list[int]]) -> list[int]:
@@ -67,8 +75,9 @@ class PackTokens(PipelineStep):
     name = "📦 tokenise + pack"
     type = "🔢 - TOKENIZER"
 
-    def __init__(self, tokenizer_dir: str, output_dir: str, seq_len: int, group_by_difficulty: bool,
-                 batch_size: int = 256):
+    def __init__(
+        self, tokenizer_dir: str, output_dir: str, seq_len: int, group_by_difficulty: bool, batch_size: int = 256
+    ):
         super().__init__()
         self.tokenizer_dir, self.output_dir = tokenizer_dir, output_dir
         self.seq_len, self.group_by_difficulty, self.batch_size = seq_len, group_by_difficulty, batch_size
@@ -80,8 +89,15 @@ class PackTokens(PipelineStep):
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.finished: list[tuple[_Sequence, int]] = []
         self.open: dict[int, list[_Sequence]] = {}
-        self.counts = {"documents": 0, "tokens": 0, "tokens_by_source": Counter(), "tokens_by_task": Counter(),
-                       "documents_by_source": Counter(), "error_tokens": 0, "chunked_documents": 0}
+        self.counts = {
+            "documents": 0,
+            "tokens": 0,
+            "tokens_by_source": Counter(),
+            "tokens_by_task": Counter(),
+            "documents_by_source": Counter(),
+            "error_tokens": 0,
+            "chunked_documents": 0,
+        }
         batch = []
         for doc in data:
             batch.append(doc)
@@ -108,8 +124,9 @@ class PackTokens(PipelineStep):
             if len(ids) > self.seq_len:
                 self.counts["chunked_documents"] += 1
             for start in range(0, len(ids), self.seq_len):
-                self.place(ids[start : start + self.seq_len], errors[start : start + self.seq_len], task_id,
-                           difficulty, group)
+                self.place(
+                    ids[start : start + self.seq_len], errors[start : start + self.seq_len], task_id, difficulty, group
+                )
             source = metadata.get("source", "?")
             self.counts["documents"] += 1
             self.counts["tokens"] += len(ids)

@@ -28,7 +28,11 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
 from datatrove.pipeline.dedup.minhash import (
-    MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature,
+    MinhashConfig,
+    MinhashDedupBuckets,
+    MinhashDedupCluster,
+    MinhashDedupFilter,
+    MinhashDedupSignature,
 )
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
@@ -69,8 +73,12 @@ def lsh_bands(threshold: float, num_hashes: int) -> tuple[int, int]:
 
 def minhash_config(recipe: DataRecipe) -> MinhashConfig:
     buckets, per_bucket = lsh_bands(recipe.dedup.threshold, recipe.dedup.num_hashes)
-    return MinhashConfig(n_grams=recipe.dedup.ngram, num_buckets=buckets, hashes_per_bucket=per_bucket,
-                         hash_config=HashConfig(precision=64))
+    return MinhashConfig(
+        n_grams=recipe.dedup.ngram,
+        num_buckets=buckets,
+        hashes_per_bucket=per_bucket,
+        hash_config=HashConfig(precision=64),
+    )
 
 
 def _removed_writer(work: Path, step: str) -> JsonlWriter:
@@ -95,12 +103,16 @@ def pipelines(recipe: DataRecipe, work: Path) -> dict[str, tuple[list, int]]:
         LengthFilter(recipe.clean.min_chars, recipe.clean.max_chars, exclusion_writer=_removed_writer(work, "length")),
     ]
     if recipe.decontamination.enabled:  # before quality filters, so a leak is reported as one whatever else it is
-        curate.append(Decontaminate(eval_dir, recipe.decontamination.ngram,
-                                    exclusion_writer=_removed_writer(work, "decontamination")))
+        curate.append(
+            Decontaminate(
+                eval_dir, recipe.decontamination.ngram, exclusion_writer=_removed_writer(work, "decontamination")
+            )
+        )
     for name, kwargs in (recipe.filters.prose or {}).items():
         if kwargs is not None:
-            curate.append(KindFilter(PROSE_FILTERS[name](**kwargs), "prose", name,
-                                     exclusion_writer=_removed_writer(work, name)))
+            curate.append(
+                KindFilter(PROSE_FILTERS[name](**kwargs), "prose", name, exclusion_writer=_removed_writer(work, name))
+            )
     if recipe.filters.code is not None:
         curate.append(CodeQualityFilter(**recipe.filters.code, exclusion_writer=_removed_writer(work, "code")))
     # Generated task examples skip deduplication (identical easy problems are part of the distribution).
@@ -111,31 +123,66 @@ def pipelines(recipe: DataRecipe, work: Path) -> dict[str, tuple[list, int]]:
     # re-reads the same per-rank files and writes the survivors on.
     def dedup_filter(source: str, step_class, reason: str, output: str, **kwargs) -> list:
         removed = JsonlWriter(str(work / "removed" / reason / reason))
-        return [OptionalJsonlReader(source), step_class(exclusion_writer=removed, **kwargs),
-                JsonlWriter(str(work / output), output_filename="${rank}.jsonl.gz")]
+        return [
+            OptionalJsonlReader(source),
+            step_class(exclusion_writer=removed, **kwargs),
+            JsonlWriter(str(work / output), output_filename="${rank}.jsonl.gz"),
+        ]
 
     corpus = str(work / "curated" / "corpus")
     if recipe.dedup.exact:
-        exact, sigs, dups = ExactDedupConfig(content_getter=document_text), str(work / "exact" / "sigs"), str(work / "exact" / "dups")
-        stages["exact_signatures"] = ([OptionalJsonlReader(corpus), ExactDedupSignature(output_folder=sigs, config=exact)], tasks)
+        exact, sigs, dups = (
+            ExactDedupConfig(content_getter=document_text),
+            str(work / "exact" / "sigs"),
+            str(work / "exact" / "dups"),
+        )
+        stages["exact_signatures"] = (
+            [OptionalJsonlReader(corpus), ExactDedupSignature(output_folder=sigs, config=exact)],
+            tasks,
+        )
         stages["exact_find"] = ([ExactFindDedups(data_folder=sigs, output_folder=dups, config=exact)], 1)
-        stages["exact_filter"] = (dedup_filter(corpus, ExactDedupFilter, "exact_duplicate", "exact_deduped",
-                                               data_folder=dups, config=exact), tasks)
+        stages["exact_filter"] = (
+            dedup_filter(corpus, ExactDedupFilter, "exact_duplicate", "exact_deduped", data_folder=dups, config=exact),
+            tasks,
+        )
         corpus = str(work / "exact_deduped")
     if recipe.dedup.near:
         config = minhash_config(recipe)
         sigs, buckets, remove = (str(work / "minhash" / name) for name in ("sigs", "buckets", "remove"))
-        stages["minhash_signatures"] = ([OptionalJsonlReader(corpus), MinhashDedupSignature(output_folder=sigs, config=config)], tasks)
-        stages["minhash_buckets"] = ([MinhashDedupBuckets(input_folder=sigs, output_folder=buckets, config=config)],
-                                     config.num_buckets)
-        stages["minhash_cluster"] = ([MinhashDedupCluster(input_folder=buckets, output_folder=remove, config=config,
-                                                          save_cluster_size=True)], 1)
-        stages["minhash_filter"] = (dedup_filter(corpus, MinhashDedupFilter, "near_duplicate", "near_deduped",
-                                                 input_folder=remove, load_cluster_sizes=True), tasks)
+        stages["minhash_signatures"] = (
+            [OptionalJsonlReader(corpus), MinhashDedupSignature(output_folder=sigs, config=config)],
+            tasks,
+        )
+        stages["minhash_buckets"] = (
+            [MinhashDedupBuckets(input_folder=sigs, output_folder=buckets, config=config)],
+            config.num_buckets,
+        )
+        stages["minhash_cluster"] = (
+            [MinhashDedupCluster(input_folder=buckets, output_folder=remove, config=config, save_cluster_size=True)],
+            1,
+        )
+        stages["minhash_filter"] = (
+            dedup_filter(
+                corpus,
+                MinhashDedupFilter,
+                "near_duplicate",
+                "near_deduped",
+                input_folder=remove,
+                load_cluster_sizes=True,
+            ),
+            tasks,
+        )
     stages["tokenizer"] = ([TrainTokenizer(recipe, work)], 1)
     readers = [OptionalJsonlReader(str(corpus_dir(recipe, work))), OptionalJsonlReader(str(work / "curated" / "task"))]
-    stages["pack"] = (readers + [PackTokens(str(work / "tokenizer"), str(work / "packed"), recipe.pack.seq_len,
-                                            recipe.pack.group_by_difficulty)], tasks)
+    stages["pack"] = (
+        readers
+        + [
+            PackTokens(
+                str(work / "tokenizer"), str(work / "packed"), recipe.pack.seq_len, recipe.pack.group_by_difficulty
+            )
+        ],
+        tasks,
+    )
     return stages
 
 
@@ -146,8 +193,13 @@ def _default_eval_dir() -> Path:
 
 
 def run_stage(name: str, steps: list, tasks: int, workers: int, work: Path) -> None:
-    LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=min(tasks, workers),
-                          logging_dir=str(work / "logs" / name), skip_completed=True).run()
+    LocalPipelineExecutor(
+        pipeline=steps,
+        tasks=tasks,
+        workers=min(tasks, workers),
+        logging_dir=str(work / "logs" / name),
+        skip_completed=True,
+    ).run()
 
 
 class TrainTokenizer(PipelineStep):
@@ -199,8 +251,9 @@ def prepare_tokenizer(recipe: DataRecipe, work: Path, corpus: Path) -> None:
 
         tokenizer = wrap(Tokenizer.from_file(str(Path(recipe.tokenizer.path) / "tokenizer.json")))
     else:
-        tokenizer = train_tokenizer(tokenizer_texts(recipe, work, corpus), recipe.tokenizer.vocab_size,
-                                    recipe.tokenizer.min_frequency)
+        tokenizer = train_tokenizer(
+            tokenizer_texts(recipe, work, corpus), recipe.tokenizer.vocab_size, recipe.tokenizer.min_frequency
+        )
     partial = work / "tokenizer.partial"
     tokenizer.save_pretrained(str(partial))
     partial.replace(target)
@@ -232,8 +285,10 @@ def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) 
         print(f"{output}: already built from this recipe (fingerprint {fingerprint[:12]}); nothing to do.")
         return output
     if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} exists and was built from a different recipe; pass --overwrite to replace "
-                              "it, or choose another output_dir.")
+        raise FileExistsError(
+            f"{output} exists and was built from a different recipe; pass --overwrite to replace "
+            "it, or choose another output_dir."
+        )
     work = work_dir(recipe)
     work.mkdir(parents=True, exist_ok=True)
     (work / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2))
@@ -263,7 +318,9 @@ def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) 
     (final / "report.json").write_text(json.dumps(report, indent=2))
     files = sorted(p for p in final.rglob("*") if p.is_file())
     manifest = {
-        "fingerprint": fingerprint, "recipe": dataclasses.asdict(recipe), "counts": report["totals"],
+        "fingerprint": fingerprint,
+        "recipe": dataclasses.asdict(recipe),
+        "counts": report["totals"],
         "files": {str(p.relative_to(final)): _sha256(p) for p in files},
     }
     (final / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -62,14 +62,22 @@ class CleanConfig:
 @dataclass
 class FilterConfig:
     # Keyword arguments of datatrove's filters (their own names and defaults); null switches one off.
-    prose: dict = field(default_factory=lambda: {
-        "gopher_repetition": {}, "gopher_quality": {"min_doc_words": 20}, "c4": {"filter_no_terminal_punct": False},
-        "fineweb": {},
-    })
+    prose: dict = field(
+        default_factory=lambda: {
+            "gopher_repetition": {},
+            "gopher_quality": {"min_doc_words": 20},
+            "c4": {"filter_no_terminal_punct": False},
+            "fineweb": {},
+        }
+    )
     # Code filters in the spirit of StarCoder/The Stack.
-    code: dict = field(default_factory=lambda: {
-        "max_line_length": 1000, "max_mean_line_length": 100.0, "min_alnum_fraction": 0.25,
-    })
+    code: dict = field(
+        default_factory=lambda: {
+            "max_line_length": 1000,
+            "max_mean_line_length": 100.0,
+            "min_alnum_fraction": 0.25,
+        }
+    )
 
 
 @dataclass
@@ -119,8 +127,11 @@ class DataRecipe:
         """Identifies the build: same recipe, task-generator version and data format -> same output."""
         from ..tasks.export import EXPORT_VERSION
 
-        blob = json.dumps({"recipe": dataclasses.asdict(self), "tasks": EXPORT_VERSION, "format": DATA_FORMAT_VERSION},
-                          sort_keys=True, default=str)
+        blob = json.dumps(
+            {"recipe": dataclasses.asdict(self), "tasks": EXPORT_VERSION, "format": DATA_FORMAT_VERSION},
+            sort_keys=True,
+            default=str,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -133,8 +144,14 @@ def _build(cls, data, where: str):
         raise RecipeError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
     values = {}
     for name, value in data.items():
-        nested = {"clean": CleanConfig, "filters": FilterConfig, "dedup": DedupConfig,
-                  "decontamination": DecontaminationConfig, "tokenizer": TokenizerConfig, "pack": PackConfig}
+        nested = {
+            "clean": CleanConfig,
+            "filters": FilterConfig,
+            "dedup": DedupConfig,
+            "decontamination": DecontaminationConfig,
+            "tokenizer": TokenizerConfig,
+            "pack": PackConfig,
+        }
         if cls is DataRecipe and name in nested:
             value = _build(nested[name], value or {}, f"{where}.{name}")
         elif cls is DataRecipe and name == "sources":
@@ -142,8 +159,11 @@ def _build(cls, data, where: str):
                 raise RecipeError(f"{where}.sources: give a non-empty list of sources")
             value = [_build(SourceConfig, s, f"{where}.sources[{i}]") for i, s in enumerate(value)]
         values[name] = value
-    missing = [f.name for f in known.values()
-               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in values]
+    missing = [
+        f.name
+        for f in known.values()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in values
+    ]
     if missing:
         raise RecipeError(f"{where}: missing required key(s) {missing}")
     return cls(**values)
@@ -222,13 +242,15 @@ def check_recipe(recipe: DataRecipe, where: str = "recipe") -> None:
         if not (Path(tokenizer.path) / "tokenizer.json").is_file():
             fail("tokenizer.path", f"{tokenizer.path!r} holds no tokenizer.json")
     elif tokenizer.vocab_size < 300:
-        fail("tokenizer.vocab_size", f"must be >= 300 (256 bytes + special tokens + merges), got {tokenizer.vocab_size}")
+        fail(
+            "tokenizer.vocab_size", f"must be >= 300 (256 bytes + special tokens + merges), got {tokenizer.vocab_size}"
+        )
     if recipe.pack.seq_len < 8:
         fail("pack.seq_len", f"must be >= 8, got {recipe.pack.seq_len}")
 
 
 def _check_filter_kwargs(filters: FilterConfig, fail) -> None:
-    from .filters import CodeQualityFilter, PROSE_FILTERS
+    from .filters import PROSE_FILTERS, CodeQualityFilter
 
     for name, kwargs in (filters.prose or {}).items():
         if name not in PROSE_FILTERS:

@@ -28,20 +28,33 @@ def build_report(recipe, work: Path, stages: list[str]) -> dict:
     for step in _stage_stats(work, "curate"):
         for key, value in step.get("stats", {}).items():
             if key.startswith("read_"):
-                read[key[len("read_"):]] += value["total"] if isinstance(value, dict) else value
+                read[key[len("read_") :]] += value["total"] if isinstance(value, dict) else value
 
     removed: dict[str, dict] = {}
     for reason_dir in sorted((work / "removed").glob("*/*")):
         records = list(_jsonl_records(sorted(reason_dir.glob("*.jsonl.gz"))))
         if not records:
             continue
-        key = reason_dir.name if reason_dir.name == reason_dir.parent.name else f"{reason_dir.parent.name}:{reason_dir.name}"
+        key = (
+            reason_dir.name
+            if reason_dir.name == reason_dir.parent.name
+            else f"{reason_dir.parent.name}:{reason_dir.name}"
+        )
         removed[key] = {
             "documents": len(records),
             "by_source": dict(Counter(r["metadata"].get("source", "?") for r in records)),
-            "examples": [{"location": r["metadata"].get("location", r.get("id")), "text": r.get("text", "")[:160],
-                          **({"contaminated_by": r["metadata"]["contaminated_by"]} if "contaminated_by" in r["metadata"] else {})}
-                         for r in records[:EXAMPLES_PER_REASON]],
+            "examples": [
+                {
+                    "location": r["metadata"].get("location", r.get("id")),
+                    "text": r.get("text", "")[:160],
+                    **(
+                        {"contaminated_by": r["metadata"]["contaminated_by"]}
+                        if "contaminated_by" in r["metadata"]
+                        else {}
+                    ),
+                }
+                for r in records[:EXAMPLES_PER_REASON]
+            ],
         }
 
     near_clusters = {"clusters": 0, "documents_in_clusters": 0}
@@ -72,8 +85,12 @@ def build_report(recipe, work: Path, stages: list[str]) -> dict:
     for source in recipe.sources:
         name = source.name
         sources[name] = {
-            "type": source.type, "documents_read": read[name], "skipped": dict(skipped_by_source[name]),
-            "removed": removed_by_source[name], "documents_out": docs_by_source[name], "tokens_out": by_source[name],
+            "type": source.type,
+            "documents_read": read[name],
+            "skipped": dict(skipped_by_source[name]),
+            "removed": removed_by_source[name],
+            "documents_out": docs_by_source[name],
+            "tokens_out": by_source[name],
             "token_share": by_source[name] / max(1, packing["tokens"]),
         }
     return {
@@ -82,13 +99,21 @@ def build_report(recipe, work: Path, stages: list[str]) -> dict:
         "skips": skips,
         "removed": removed,
         "near_duplicate_clusters": near_clusters,
-        "tokens_by_task": {task: {"tokens": n, "share": n / max(1, packing["tokens"])} for task, n in sorted(by_task.items())},
-        "packing": dict(packing, seq_len=recipe.pack.seq_len,
-                        fill=1 - packing["padding_tokens"] / max(1, packing["sequences"] * recipe.pack.seq_len)),
+        "tokens_by_task": {
+            task: {"tokens": n, "share": n / max(1, packing["tokens"])} for task, n in sorted(by_task.items())
+        },
+        "packing": dict(
+            packing,
+            seq_len=recipe.pack.seq_len,
+            fill=1 - packing["padding_tokens"] / max(1, packing["sequences"] * recipe.pack.seq_len),
+        ),
         "totals": {
-            "documents_read": sum(read.values()), "skipped": len(skips),
+            "documents_read": sum(read.values()),
+            "skipped": len(skips),
             "removed": sum(info["documents"] for info in removed.values()),
-            "documents_out": packing["documents"], "tokens_out": packing["tokens"], "sequences": packing["sequences"],
+            "documents_out": packing["documents"],
+            "tokens_out": packing["tokens"],
+            "sequences": packing["sequences"],
         },
     }
 
@@ -96,23 +121,53 @@ def build_report(recipe, work: Path, stages: list[str]) -> dict:
 def print_report(report: dict, max_skips: int = 20) -> None:
     rows = [("source", "read", "skipped", "removed", "docs out", "tokens out", "share")]
     for name, info in report["sources"].items():
-        rows.append((name, f"{info['documents_read']:,}", f"{sum(info['skipped'].values()):,}", f"{info['removed']:,}",
-                     f"{info['documents_out']:,}", f"{info['tokens_out']:,}", f"{info['token_share']:.1%}"))
+        rows.append(
+            (
+                name,
+                f"{info['documents_read']:,}",
+                f"{sum(info['skipped'].values()):,}",
+                f"{info['removed']:,}",
+                f"{info['documents_out']:,}",
+                f"{info['tokens_out']:,}",
+                f"{info['token_share']:.1%}",
+            )
+        )
     totals = report["totals"]
-    rows.append(("total", f"{totals['documents_read']:,}", f"{totals['skipped']:,}", f"{totals['removed']:,}",
-                 f"{totals['documents_out']:,}", f"{totals['tokens_out']:,}", "100%"))
+    rows.append(
+        (
+            "total",
+            f"{totals['documents_read']:,}",
+            f"{totals['skipped']:,}",
+            f"{totals['removed']:,}",
+            f"{totals['documents_out']:,}",
+            f"{totals['tokens_out']:,}",
+            "100%",
+        )
+    )
     _table(rows)
     if report["removed"]:
         print("\nremoved, by reason:")
-        _table([("reason", "documents", "example")] + [
-            (reason, f"{info['documents']:,}", repr(info["examples"][0]["text"][:60]))
-            for reason, info in sorted(report["removed"].items(), key=lambda kv: -kv[1]["documents"])])
+        _table(
+            [("reason", "documents", "example")]
+            + [
+                (reason, f"{info['documents']:,}", repr(info["examples"][0]["text"][:60]))
+                for reason, info in sorted(report["removed"].items(), key=lambda kv: -kv[1]["documents"])
+            ]
+        )
     clusters = report["near_duplicate_clusters"]
-    print(f"\nnear-duplicate clusters: {clusters['clusters']:,} (holding {clusters['documents_in_clusters']:,} documents)")
-    print("tokens by task: " + ", ".join(f"{task} {info['share']:.1%}" for task, info in report["tokens_by_task"].items()))
+    print(
+        f"\nnear-duplicate clusters: {clusters['clusters']:,} "
+        f"(holding {clusters['documents_in_clusters']:,} documents)"
+    )
+    print(
+        "tokens by task: "
+        + ", ".join(f"{task} {info['share']:.1%}" for task, info in report["tokens_by_task"].items())
+    )
     packing = report["packing"]
-    print(f"packed: {packing['sequences']:,} sequences of {packing['seq_len']} tokens, {packing['fill']:.1%} filled, "
-          f"{packing['error_tokens']:,} error tokens")
+    print(
+        f"packed: {packing['sequences']:,} sequences of {packing['seq_len']} tokens, {packing['fill']:.1%} filled, "
+        f"{packing['error_tokens']:,} error tokens"
+    )
     if report["skips"]:
         print(f"\nskipped ({len(report['skips'])}), by file:line:")
         for entry in report["skips"][:max_skips]:
@@ -124,6 +179,10 @@ def print_report(report: dict, max_skips: int = 20) -> None:
 def _table(rows):
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for index, row in enumerate(rows):
-        print("  ".join(str(cell).ljust(w) if i == 0 else str(cell).rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        print(
+            "  ".join(
+                str(cell).ljust(w) if i == 0 else str(cell).rjust(w) for i, (cell, w) in enumerate(zip(row, widths))
+            )
+        )
         if index == 0:
             print("  ".join("-" * w for w in widths))

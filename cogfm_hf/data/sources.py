@@ -50,7 +50,9 @@ def module_docstrings(source: str) -> str:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return ""
-    nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    nodes = [tree] + [
+        n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+    ]
     return "\n\n".join(doc.strip() for doc in map(ast.get_docstring, nodes) if doc)
 
 
@@ -71,8 +73,10 @@ class SourcesReader(PipelineStep):
             elif source.type == "python_stdlib":
                 units += [(source, "stdlib", str(p)) for p in stdlib_files(source.max_files)]
             elif source.type == "tasks":
-                units += [(source, "tasks", (start, min(start + TASK_UNIT, source.num_examples)))
-                          for start in range(0, source.num_examples, TASK_UNIT)]
+                units += [
+                    (source, "tasks", (start, min(start + TASK_UNIT, source.num_examples)))
+                    for start in range(0, source.num_examples, TASK_UNIT)
+                ]
             else:  # a datasets dataset is split by node, one unit per rank
                 units += [(source, "hf", shard) for shard in range(world_size)]
         return units
@@ -85,12 +89,20 @@ class SourcesReader(PipelineStep):
         mine += [u for u in hf_units if u[2] == rank]
         try:
             for source, unit_type, unit in mine:
-                reader = {"file": self.read_file, "stdlib": self.read_stdlib, "tasks": self.read_tasks,
-                          "hf": self.read_hf}[unit_type]
+                reader = {
+                    "file": self.read_file,
+                    "stdlib": self.read_stdlib,
+                    "tasks": self.read_tasks,
+                    "hf": self.read_hf,
+                }[unit_type]
                 for doc in reader(source, unit, world_size):
                     if len(doc.text) > self.clean.max_document_chars:
-                        self.skip(source, doc.metadata.get("location", doc.id), "absurdly_long",
-                                  f"{len(doc.text):,} characters > max_document_chars")
+                        self.skip(
+                            source,
+                            doc.metadata.get("location", doc.id),
+                            "absurdly_long",
+                            f"{len(doc.text):,} characters > max_document_chars",
+                        )
                         continue
                     self.stat_update(f"read_{source.name}")
                     yield doc
@@ -103,9 +115,17 @@ class SourcesReader(PipelineStep):
         self.skipped.append({"source": source.name, "location": location, "reason": reason, "detail": detail[:200]})
 
     def document(self, source, text, location, kind, **metadata) -> Document:
-        return Document(text=text, id=f"{source.name}:{location}",
-                        metadata={"source": source.name, "kind": kind, "location": location,
-                                  "stream": "task" if kind == "task" else "corpus", **metadata})
+        return Document(
+            text=text,
+            id=f"{source.name}:{location}",
+            metadata={
+                "source": source.name,
+                "kind": kind,
+                "location": location,
+                "stream": "task" if kind == "task" else "corpus",
+                **metadata,
+            },
+        )
 
     # -- readers --------------------------------------------------------------------------------
     def read_file(self, source: SourceConfig, path: str, world_size: int):
@@ -197,8 +217,11 @@ class SourcesReader(PipelineStep):
         else:
             dataset = datasets.load_dataset(source.path, source.config, split=source.split, streaming=source.streaming)
         if source.max_documents is not None:
-            dataset = dataset.take(source.max_documents) if isinstance(dataset, datasets.IterableDataset) \
+            dataset = (
+                dataset.take(source.max_documents)
+                if isinstance(dataset, datasets.IterableDataset)
                 else dataset.select(range(min(source.max_documents, len(dataset))))
+            )
         dataset = split_dataset_by_node(dataset, rank=shard, world_size=world_size)
         kind = source.kind or "prose"
         for number, record in enumerate(dataset, start=1):
@@ -216,7 +239,13 @@ class SourcesReader(PipelineStep):
         for index in range(*span):
             record = mixture.example(index).to_record()
             yield self.document(
-                source, record["text"], f"{source.name}:{index}", "task", task=record["task"],
-                difficulty=record["difficulty"], template_id=record["template_id"],
-                error_spans=record["error_spans"], marker_spans=record["marker_spans"],
+                source,
+                record["text"],
+                f"{source.name}:{index}",
+                "task",
+                task=record["task"],
+                difficulty=record["difficulty"],
+                template_id=record["template_id"],
+                error_spans=record["error_spans"],
+                marker_spans=record["marker_spans"],
             )

@@ -1,12 +1,12 @@
 """Generated reasoning tasks with a difficulty knob, a verifier, held-out templates and retry data.
 
-    from cogfm_hf.tasks import TASKS
-    example = next(TASKS["chains"].generate(seed=0, op=5))
-    TASKS["chains"].verify(example, "... so the answer is 7")
+from cogfm_hf.tasks import TASKS
+example = next(TASKS["chains"].generate(seed=0, op=5))
+TASKS["chains"].verify(example, "... so the answer is 7")
 """
 
-from .arithmetic import AdditionTask, ArithmeticTask
 from .answers import BACK
+from .arithmetic import AdditionTask, ArithmeticTask
 from .base import Example, ReasoningTask
 from .chains import ChainsTask
 from .code_trace import CodeTraceTask
@@ -14,8 +14,9 @@ from .logic import LogicTask
 from .mixture import Mixture, MixtureComponent
 from .retry import add_retries, strip_retries
 
-TASKS: dict[str, ReasoningTask] = {task.name: task for task in (ChainsTask(), ArithmeticTask(), LogicTask(), CodeTraceTask(),
-                                                                  AdditionTask())}
+TASKS: dict[str, ReasoningTask] = {
+    task.name: task for task in (ChainsTask(), ArithmeticTask(), LogicTask(), CodeTraceTask(), AdditionTask())
+}
 
 
 def get_task(name: str) -> ReasoningTask:
@@ -24,5 +25,14 @@ def get_task(name: str) -> ReasoningTask:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "get_task", "Example", "ReasoningTask", "BACK", "Mixture", "MixtureComponent",
-           "add_retries", "strip_retries"]
+__all__ = [
+    "TASKS",
+    "get_task",
+    "Example",
+    "ReasoningTask",
+    "BACK",
+    "Mixture",
+    "MixtureComponent",
+    "add_retries",
+    "strip_retries",
+]

@@ -22,7 +22,9 @@ def parse_knob(text: str):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cogfm_hf.tasks", description="Reasoning task generators")
     commands = parser.add_subparsers(dest="command", required=True)
-    export_parser = commands.add_parser("export", help="write the fixed held-out test sets and lm-eval tasks in eval_tasks/")
+    export_parser = commands.add_parser(
+        "export", help="write the fixed held-out test sets and lm-eval tasks in eval_tasks/"
+    )
     export_parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
     export_parser.add_argument("--per-set", type=int, default=200, help="items per test set")
     export_parser.add_argument("--check", action="store_true", help="only check that the files are up to date")
@@ -40,8 +42,10 @@ def main(argv=None):
         if args.check:
             stale = stale_files(args.out, TASKS, args.per_set)
             if stale:
-                sys.exit(f"{len(stale)} file(s) in {args.out} differ from the generators: {stale[:5]}; "
-                         "run `python -m cogfm_hf.tasks export` and commit the result (bump EXPORT_VERSION).")
+                sys.exit(
+                    f"{len(stale)} file(s) in {args.out} differ from the generators: {stale[:5]}; "
+                    "run `python -m cogfm_hf.tasks export` and commit the result (bump EXPORT_VERSION)."
+                )
             print(f"{args.out}: up to date")
             return
         written = export(args.out, TASKS, args.per_set)

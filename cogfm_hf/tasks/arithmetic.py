@@ -9,7 +9,8 @@ Format (addition; subtraction writes borrows):
     Answer: 936
 
 Working from the least-significant digit lets a small model produce each digit from the ones just
-written (Lee et al. 2023); multiplication shows one partial product per digit, then their sum. Knobs: digits (of the first operand; the second has 1..digits), operation
+written (Lee et al. 2023); multiplication shows one partial product per digit, then their sum. Knobs:
+digits (of the first operand; the second has 1..digits), operation
 ("+", "-", "*" or "mixed"). Subtraction always has the larger operand first. Out-of-distribution
 buckets have more digits than training, so here — unlike the other tasks — the prompt grows with
 difficulty: the problem is its own prompt.
@@ -41,8 +42,9 @@ class ArithmeticTask(ReasoningTask):
     def check_knobs(self, knobs):
         knobs["digits"] = check_range(self.name, "digits", knobs["digits"], 1)
         if knobs["operation"] not in OPERATIONS + ("mixed",):
-            raise ValueError(f"{self.name}: knob 'operation' must be one of {OPERATIONS + ('mixed',)}, "
-                             f"got {knobs['operation']!r}")
+            raise ValueError(
+                f"{self.name}: knob 'operation' must be one of {OPERATIONS + ('mixed',)}, got {knobs['operation']!r}"
+            )
 
     def sample(self, rng: random.Random, knobs: dict) -> Example:
         digits = draw(rng, knobs["digits"])
@@ -60,8 +62,13 @@ class ArithmeticTask(ReasoningTask):
         heads = [step[: step.index("=") + 1] for step in steps]
         shape = f"arith|{operation}|{len(str(a))}|{len(str(b))}|{pattern}"
         return Example(
-            task=self.name, prompt=f"{a}{operation}{b}=?\n", steps=steps, answer=str(answer), difficulty=digits,
-            template_id=template_id(shape), meta=dict(heads=heads, results=marks),
+            task=self.name,
+            prompt=f"{a}{operation}{b}=?\n",
+            steps=steps,
+            answer=str(answer),
+            difficulty=digits,
+            template_id=template_id(shape),
+            meta=dict(heads=heads, results=marks),
         )
 
     @staticmethod
@@ -118,7 +125,9 @@ class ArithmeticTask(ReasoningTask):
         start, end = example.meta["results"][step_index]
         result = list(step[start:end])
         position = rng.randrange(len(result))
-        choices = [d for d in "0123456789" if d != result[position] and not (position == 0 and d == "0" and len(result) > 1)]
+        choices = [
+            d for d in "0123456789" if d != result[position] and not (position == 0 and d == "0" and len(result) > 1)
+        ]
         result[position] = rng.choice(choices)
         return step[:start] + "".join(result)
 
@@ -143,5 +152,7 @@ class AdditionTask(ArithmeticTask):
     def check_knobs(self, knobs):
         super().check_knobs(knobs)
         if knobs["operation"] != "+":
-            raise ValueError(f"{self.name}: knob 'operation' is always '+' (use the arithmetic task for others), "
-                             f"got {knobs['operation']!r}")
+            raise ValueError(
+                f"{self.name}: knob 'operation' is always '+' (use the arithmetic task for others), "
+                f"got {knobs['operation']!r}"
+            )

@@ -167,8 +167,14 @@ class ReasoningTask:
         if not value.lstrip("-").isdigit():
             return None
         digits = [i for i, c in enumerate(value) if c.isdigit()]
-        variants = sorted({value[:i] + d + value[i + 1:] for i in digits for d in "0123456789"
-                           if d != value[i] and not (i == digits[0] and d == "0" and len(digits) > 1)})
+        variants = sorted(
+            {
+                value[:i] + d + value[i + 1 :]
+                for i in digits
+                for d in "0123456789"
+                if d != value[i] and not (i == digits[0] and d == "0" and len(digits) > 1)
+            }
+        )
         if len(variants) < count:
             return None
         return [step[:start] + variant + step[end:] for variant in rng.sample(variants, count)]

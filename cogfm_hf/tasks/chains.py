@@ -62,9 +62,13 @@ class ChainsTask(ReasoningTask):
         if not isinstance(knobs["modulus"], int) or knobs["modulus"] < 2:
             raise ValueError(f"{self.name}: knob 'modulus' must be an integer >= 2, got {knobs['modulus']!r}")
         if not isinstance(knobs["max_in_degree"], int) or knobs["max_in_degree"] < 2:
-            raise ValueError(f"{self.name}: knob 'max_in_degree' must be an integer >= 2, got {knobs['max_in_degree']!r}")
+            raise ValueError(
+                f"{self.name}: knob 'max_in_degree' must be an integer >= 2, got {knobs['max_in_degree']!r}"
+            )
         if knobs["max_statements"] is not None and knobs["max_statements"] < 1:
-            raise ValueError(f"{self.name}: knob 'max_statements' must be >= 1 or None, got {knobs['max_statements']!r}")
+            raise ValueError(
+                f"{self.name}: knob 'max_statements' must be >= 1 or None, got {knobs['max_statements']!r}"
+            )
 
     def sample(self, rng: random.Random, knobs: dict) -> Example:
         op, modulus = draw(rng, knobs["op"]), knobs["modulus"]
@@ -90,7 +94,9 @@ class ChainsTask(ReasoningTask):
             definitions[target] = (operator, operands)
             steps.append((target, operator, operands))
             step_index = {s[0]: i for i, s in enumerate(steps)}
-            shape.append(operator + "(" + ",".join(f"s{step_index[o]}" if o in step_index else "c" for o in operands) + ")")
+            shape.append(
+                operator + "(" + ",".join(f"s{step_index[o]}" if o in step_index else "c" for o in operands) + ")"
+            )
 
         necessary_statements = len(definitions)
         n_distractors = draw(rng, knobs["distractors"])
@@ -124,16 +130,27 @@ class ChainsTask(ReasoningTask):
             heads.append(f"{target}=")
             results.append([len(texts[-1]) - 2 - len(str(values[target])), len(texts[-1]) - 2])
         return Example(
-            task=self.name, prompt=prompt, steps=texts, answer=str(values[query]), difficulty=op,
+            task=self.name,
+            prompt=prompt,
+            steps=texts,
+            answer=str(values[query]),
+            difficulty=op,
             template_id=template_id(f"chains|mod{modulus}|" + "|".join(shape)),
-            meta=dict(heads=heads, results=results, definitions={n: d and [d[0], d[1]] for n, d in definitions.items()},
-                      order=[s[0] for s in steps]),
+            meta=dict(
+                heads=heads,
+                results=results,
+                definitions={n: d and [d[0], d[1]] for n, d in definitions.items()},
+                order=[s[0] for s in steps],
+            ),
         )
 
     def mistake(self, example, step_index, rng):
         # A variable that cannot be computed yet: one of its operands is an operation not yet computed.
         definitions, order = example.meta["definitions"], example.meta["order"]
         computed = {n for n, d in definitions.items() if d is None} | set(order[:step_index])
-        blocked = [n for n, d in definitions.items()
-                   if d is not None and n not in computed and not all(o in computed for o in d[1])]
+        blocked = [
+            n
+            for n, d in definitions.items()
+            if d is not None and n not in computed and not all(o in computed for o in d[1])
+        ]
         return f"{rng.choice(sorted(blocked))}=" if blocked else None

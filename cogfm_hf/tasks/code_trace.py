@@ -109,8 +109,13 @@ class _Program:
     def assign(self, target, left, op, right, indent, traced, prefix=""):
         right_text = str(right) if isinstance(right, int) else right
         right_value = right if isinstance(right, int) else self.env[right]
-        value = self.env[left] + right_value if op == "+" else self.env[left] - right_value if op == "-" \
+        value = (
+            self.env[left] + right_value
+            if op == "+"
+            else self.env[left] - right_value
+            if op == "-"
             else self.env[left] * right_value
+        )
         self.lines.append(f"{'    ' * indent}{target} = {left} {op} {right_text}")
         self.env[target] = value
         if traced:
@@ -126,7 +131,9 @@ class _Program:
         if kind == "expr":
             op = rng.choice(OPS)
             right = rng.choice(defined) if defined and rng.random() < 0.4 else rng.randint(1, 9)
-            self.assign(target, current, op, right if op != "*" or isinstance(right, int) else rng.randint(2, 3), 0, True)
+            self.assign(
+                target, current, op, right if op != "*" or isinstance(right, int) else rng.randint(2, 3), 0, True
+            )
             self.shape.append(f"expr{op}{'v' if isinstance(right, str) else 'c'}")
         elif kind == "call":
             value = self.call_f(self.env[current])
@@ -148,7 +155,9 @@ class _Program:
                         self.lines.append(f"    for j in range({inner_count}):")
                     for j in range(inner_count):
                         self.env["j"] = j
-                        self._loop_body(target, op, "j" if step == "i" else step, i == 0 and j == 0, 2, f"i={i} j={j}: ")
+                        self._loop_body(
+                            target, op, "j" if step == "i" else step, i == 0 and j == 0, 2, f"i={i} j={j}: "
+                        )
                 else:
                     self._loop_body(target, op, step, i == 0, 1, f"i={i}: ")
             self.env.pop("i"), self.env.pop("j", None)
@@ -223,9 +232,13 @@ class CodeTraceTask(ReasoningTask):
         knobs["distractors"] = check_range(self.name, "distractors", knobs["distractors"], 0)
         for knob, low, high in (("nesting", 1, 2), ("loop_count", 1, 10)):
             if not isinstance(knobs[knob], int) or not low <= knobs[knob] <= high:
-                raise ValueError(f"{self.name}: knob {knob!r} must be an integer in [{low}, {high}], got {knobs[knob]!r}")
+                raise ValueError(
+                    f"{self.name}: knob {knob!r} must be an integer in [{low}, {high}], got {knobs[knob]!r}"
+                )
         if knobs["max_prompt_chars"] is not None and knobs["max_prompt_chars"] < 20:
-            raise ValueError(f"{self.name}: knob 'max_prompt_chars' must be >= 20 or None, got {knobs['max_prompt_chars']!r}")
+            raise ValueError(
+                f"{self.name}: knob 'max_prompt_chars' must be >= 20 or None, got {knobs['max_prompt_chars']!r}"
+            )
 
     def sample(self, rng: random.Random, knobs: dict) -> Example:
         statements = draw(rng, knobs["statements"])
@@ -236,16 +249,24 @@ class CodeTraceTask(ReasoningTask):
             if knobs["max_prompt_chars"] is None or len(source) + 4 <= knobs["max_prompt_chars"]:
                 break
         else:
-            raise ValueError(f"{self.name}: no program of {statements} statements fits max_prompt_chars="
-                             f"{knobs['max_prompt_chars']} in 500 draws; raise the knob")
+            raise ValueError(
+                f"{self.name}: no program of {statements} statements fits max_prompt_chars="
+                f"{knobs['max_prompt_chars']} in 500 draws; raise the knob"
+            )
         answer = run_program(source)
         if answer != str(program.env[printed_name]):  # our trace and Python must agree
             raise AssertionError(f"trace says {program.env[printed_name]}, Python printed {answer!r}:\n{source}")
         return Example(
-            task=self.name, prompt=source + "---\n", steps=[t for t, _, _ in program.trace], answer=answer,
-            difficulty=statements, template_id=template_id("code|" + "|".join(program.shape)),
-            meta=dict(heads=[t[: t.index("=") + 1] if "=" in t else t[:s] for t, s, _ in program.trace],
-                      results=[[s, e] for _, s, e in program.trace]),
+            task=self.name,
+            prompt=source + "---\n",
+            steps=[t for t, _, _ in program.trace],
+            answer=answer,
+            difficulty=statements,
+            template_id=template_id("code|" + "|".join(program.shape)),
+            meta=dict(
+                heads=[t[: t.index("=") + 1] if "=" in t else t[:s] for t, s, _ in program.trace],
+                results=[[s, e] for _, s, e in program.trace],
+            ),
         )
 
     def mistake(self, example, step_index, rng):

@@ -43,7 +43,9 @@ class LogicTask(ReasoningTask):
         knobs["depth"] = check_range(self.name, "depth", knobs["depth"], 1)
         knobs["distractor_rules"] = check_range(self.name, "distractor_rules", knobs["distractor_rules"], 0)
         if not isinstance(knobs["max_premises"], int) or knobs["max_premises"] < 1:
-            raise ValueError(f"{self.name}: knob 'max_premises' must be an integer >= 1, got {knobs['max_premises']!r}")
+            raise ValueError(
+                f"{self.name}: knob 'max_premises' must be an integer >= 1, got {knobs['max_premises']!r}"
+            )
         if knobs["max_rules"] is not None and knobs["max_rules"] < 1:
             raise ValueError(f"{self.name}: knob 'max_rules' must be >= 1 or None, got {knobs['max_rules']!r}")
 
@@ -80,7 +82,9 @@ class LogicTask(ReasoningTask):
         missing = next(words)
         decoy_conclusion = missing
         for _ in range(rng.randint(1, depth)):
-            premises = [decoy_conclusion] + rng.sample(facts, min(len(facts), rng.randint(0, knobs["max_premises"] - 1)))
+            premises = [decoy_conclusion] + rng.sample(
+                facts, min(len(facts), rng.randint(0, knobs["max_premises"] - 1))
+            )
             decoy_conclusion = next(words)
             rules.append((premises, decoy_conclusion))
 
@@ -100,10 +104,18 @@ class LogicTask(ReasoningTask):
         prompt = f"Facts: {', '.join(facts)}. Rules: {rule_text}\nWhich holds, {options[0]} or {options[1]}?\n"
         steps = [f"{c} from {', '.join(p)}.\n" for p, c in proof]
         return Example(
-            task=self.name, prompt=prompt, steps=steps, answer=conclusion, difficulty=depth,
+            task=self.name,
+            prompt=prompt,
+            steps=steps,
+            answer=conclusion,
+            difficulty=depth,
             template_id=template_id("logic|" + "|".join(shape)),
-            meta=dict(heads=[f"{c} from" for _, c in proof], facts=facts,
-                      rules=[[p, c] for p, c in rules], proof_order=[c for _, c in proof]),
+            meta=dict(
+                heads=[f"{c} from" for _, c in proof],
+                facts=facts,
+                rules=[[p, c] for p, c in rules],
+                proof_order=[c for _, c in proof],
+            ),
         )
 
     def answer_candidates(self, prompt):

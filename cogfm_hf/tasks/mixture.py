@@ -29,13 +29,20 @@ class MixtureComponent:
     knobs: dict = field(default_factory=dict)
 
 
-RECORD_FEATURES = Features({
-    "task": Value("string"), "prompt": Value("string"), "steps": Sequence(Value("string")),
-    "answer": Value("string"), "difficulty": Value("int32"), "template_id": Value("string"),
-    "solution": Value("string"), "text": Value("string"),
-    "error_spans": Sequence(Sequence(Value("int32"), length=2)),
-    "marker_spans": Sequence(Sequence(Value("int32"), length=2)),
-})
+RECORD_FEATURES = Features(
+    {
+        "task": Value("string"),
+        "prompt": Value("string"),
+        "steps": Sequence(Value("string")),
+        "answer": Value("string"),
+        "difficulty": Value("int32"),
+        "template_id": Value("string"),
+        "solution": Value("string"),
+        "text": Value("string"),
+        "error_spans": Sequence(Sequence(Value("int32"), length=2)),
+        "marker_spans": Sequence(Sequence(Value("int32"), length=2)),
+    }
+)
 
 
 class Mixture:
@@ -59,8 +66,11 @@ class Mixture:
                 if not component.weight > 0:
                     raise ValueError(f"weight must be > 0, got {component.weight!r}")
                 check_retry(component.retry_p, component.retry_variant)
-                difficulty = component.difficulty if component.difficulty is not None \
+                difficulty = (
+                    component.difficulty
+                    if component.difficulty is not None
                     else task.train_knobs[task.difficulty_knob]
+                )
                 if isinstance(difficulty, list):
                     difficulty = tuple(difficulty)
                 knobs = task.knobs(**{**task.train_knobs, **component.knobs, task.difficulty_knob: difficulty})

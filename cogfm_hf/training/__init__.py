@@ -5,5 +5,15 @@ from .recipe import CurriculumConfig, GuardConfig, TrainRecipe, load_train_recip
 from .sampler import CurriculumSampler
 from .trainer import CogFMTrainer, collate_packed
 
-__all__ = ["CogFMTrainer", "CurriculumSampler", "LossConfig", "CurriculumConfig", "GuardConfig", "TrainRecipe",
-           "load_train_recipe", "collate_packed", "self_correction_loss", "token_weights"]
+__all__ = [
+    "CogFMTrainer",
+    "CurriculumSampler",
+    "LossConfig",
+    "CurriculumConfig",
+    "GuardConfig",
+    "TrainRecipe",
+    "load_train_recipe",
+    "collate_packed",
+    "self_correction_loss",
+    "token_weights",
+]

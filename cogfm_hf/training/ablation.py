@@ -72,7 +72,9 @@ class AblationConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     learning_rates: list[float] = field(default_factory=list)  # the baseline's sweep; empty: the base recipe's
     select: dict[str, list[str]] = field(default_factory=dict)  # selection name -> candidate arms
-    controls: dict[str, str] = field(default_factory=dict)  # arm -> its control arm or selection, compared as with the baseline
+    controls: dict[str, str] = field(
+        default_factory=dict
+    )  # arm -> its control arm or selection, compared as with the baseline
     self_correction_tasks: list[str] = field(default_factory=list)
     core: list[str] = field(default_factory=list)  # the arms of the core comparison (`--core`)
     quick: QuickConfig | None = None
@@ -104,18 +106,24 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, dict]:
     for name, arm in config.arms.items():
         for ref in arm.like:
             if ref not in names or ref == name:
-                raise RecipeError(f"{path}: arms.{name}.like: {ref!r} is not another arm or a selection {sorted(config.select)}")
+                raise RecipeError(
+                    f"{path}: arms.{name}.like: {ref!r} is not another arm or a selection {sorted(config.select)}"
+                )
         section_from_mapping(LossConfig, arm.loss, f"{path}: arms.{name}.loss")
         section_from_mapping(CurriculumConfig, arm.curriculum, f"{path}: arms.{name}.curriculum")
     for name, candidates in config.select.items():
         missing = [c for c in candidates if c not in config.arms]
         if missing or not candidates:
-            raise RecipeError(f"{path}: select.{name}: unknown arm(s) {missing}" if missing else f"{path}: select.{name}: empty")
+            raise RecipeError(
+                f"{path}: select.{name}: unknown arm(s) {missing}" if missing else f"{path}: select.{name}: empty"
+            )
     for arm, control in config.controls.items():
         unknown = ([arm] if arm not in config.arms else []) + ([control] if control not in names else [])
         if unknown:
-            raise RecipeError(f"{path}: controls.{arm}: unknown arm(s) {unknown}; the recipe has arms "
-                              f"{sorted(config.arms)} and selections {sorted(config.select)}")
+            raise RecipeError(
+                f"{path}: controls.{arm}: unknown arm(s) {unknown}; the recipe has arms "
+                f"{sorted(config.arms)} and selections {sorted(config.select)}"
+            )
         if arm == control:
             raise RecipeError(f"{path}: controls.{arm}: an arm cannot be its own control")
     for listed in (config.core, config.quick.arms if config.quick else []):
@@ -147,8 +155,16 @@ def merged_changes(config: AblationConfig, name: str, choices: dict[str, str], s
     return changes
 
 
-def arm_recipe(base: dict, changes: dict, *, seed: int, learning_rate: float, run_dir: Path, data_root: Path,
-               tokenizer_dir: Path | None) -> dict:
+def arm_recipe(
+    base: dict,
+    changes: dict,
+    *,
+    seed: int,
+    learning_rate: float,
+    run_dir: Path,
+    data_root: Path,
+    tokenizer_dir: Path | None,
+) -> dict:
     """The full training recipe of one run: the base recipe plus the arm's changes, the seed, the chosen
     learning rate and where things go. Nothing else is touched (tests compare resolved recipes)."""
     recipe = copy.deepcopy(base)
@@ -160,8 +176,12 @@ def arm_recipe(base: dict, changes: dict, *, seed: int, learning_rate: float, ru
                         component[key] = changes[key]
     recipe["loss"] = {**(recipe.get("loss") or {}), **changes.get("loss", {})}
     recipe["curriculum"] = {**(recipe.get("curriculum") or {}), **changes.get("curriculum", {})}
-    recipe["training"] = {**recipe["training"], "seed": seed, "learning_rate": learning_rate,
-                          "output_dir": str(run_dir)}
+    recipe["training"] = {
+        **recipe["training"],
+        "seed": seed,
+        "learning_rate": learning_rate,
+        "output_dir": str(run_dir),
+    }
     if tokenizer_dir is not None:
         recipe["data"]["tokenizer"] = {**recipe["data"].get("tokenizer", {}), "path": str(tokenizer_dir)}
     # Arms with the same data share one build: the folder is named by the data section's content.
@@ -220,37 +240,74 @@ class Ablation:
         if run_dir.exists():  # an interrupted run: start it again from scratch
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        recipe = arm_recipe(self.base, changes, seed=seed, learning_rate=learning_rate, run_dir=run_dir,
-                            data_root=self.data_root, tokenizer_dir=self.tokenizer_dir)
+        recipe = arm_recipe(
+            self.base,
+            changes,
+            seed=seed,
+            learning_rate=learning_rate,
+            run_dir=run_dir,
+            data_root=self.data_root,
+            tokenizer_dir=self.tokenizer_dir,
+        )
         recipe_path = run_dir / "ablation_recipe.yaml"
         recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        self.log(event="start", run=run_dir.name, arm=arm, seed=seed, learning_rate=learning_rate, changes=changes,
-                 progress=str(run_dir / "train.log"))  # the Trainer's progress bar and logs
+        self.log(
+            event="start",
+            run=run_dir.name,
+            arm=arm,
+            seed=seed,
+            learning_rate=learning_rate,
+            changes=changes,
+            progress=str(run_dir / "train.log"),
+        )  # the Trainer's progress bar and logs
         start = time.perf_counter()
         with (run_dir / "train.log").open("w") as log:
-            result = subprocess.run([sys.executable, str(PRETRAIN), str(recipe_path)], stdout=log,
-                                    stderr=subprocess.STDOUT, cwd=REPO)
+            result = subprocess.run(
+                [sys.executable, str(PRETRAIN), str(recipe_path)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+            )
         if result.returncode != 0:
             tail = (run_dir / "train.log").read_text()[-3000:]
-            raise RuntimeError(f"run {run_dir.name} failed (exit {result.returncode}); its log: {run_dir / 'train.log'}\n{tail}")
+            raise RuntimeError(
+                f"run {run_dir.name} failed (exit {result.returncode}); its log: {run_dir / 'train.log'}\n{tail}"
+            )
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        evaluation = evaluate_checkpoint(run_dir, self.config.test_tasks + self.config.self_correction_tasks,
-                                         self.config.dev_tasks, self.config.test_limit, self.config.eval_batch_size)
+        evaluation = evaluate_checkpoint(
+            run_dir,
+            self.config.test_tasks + self.config.self_correction_tasks,
+            self.config.dev_tasks,
+            self.config.test_limit,
+            self.config.eval_batch_size,
+        )
         summary = json.loads((run_dir / "training_summary.json").read_text())
         state = json.loads((run_dir / "trainer_state.json").read_text())
-        record = {"arm": arm, "seed": seed, "learning_rate": learning_rate, "changes": changes,
-                  "run": run_dir.name, "train_seconds": round(train_seconds, 1),
-                  "eval_seconds": round(time.perf_counter() - start, 1),
-                  "global_step": summary["global_step"], "num_input_tokens_seen": summary["num_input_tokens_seen"],
-                  "token_slots": summary["global_step"] * recipe["training"]["per_device_train_batch_size"]
-                  * recipe["training"].get("gradient_accumulation_steps", 1) * recipe["data"]["pack"]["seq_len"],
-                  "curve": learning_curve(state["log_history"]), **evaluation}
+        record = {
+            "arm": arm,
+            "seed": seed,
+            "learning_rate": learning_rate,
+            "changes": changes,
+            "run": run_dir.name,
+            "train_seconds": round(train_seconds, 1),
+            "eval_seconds": round(time.perf_counter() - start, 1),
+            "global_step": summary["global_step"],
+            "num_input_tokens_seen": summary["num_input_tokens_seen"],
+            "token_slots": summary["global_step"]
+            * recipe["training"]["per_device_train_batch_size"]
+            * recipe["training"].get("gradient_accumulation_steps", 1)
+            * recipe["data"]["pack"]["seq_len"],
+            "curve": learning_curve(state["log_history"]),
+            **evaluation,
+        }
         partial = done.with_suffix(".partial")
         partial.write_text(json.dumps(record))
         partial.replace(done)
-        self.log(event="done", run=run_dir.name, train_seconds=record["train_seconds"],
-                 eval_seconds=record["eval_seconds"], tokens=record["num_input_tokens_seen"])
+        self.log(
+            event="done",
+            run=run_dir.name,
+            train_seconds=record["train_seconds"],
+            eval_seconds=record["eval_seconds"],
+            tokens=record["num_input_tokens_seen"],
+        )
         return record
 
 
@@ -258,16 +315,23 @@ def learning_curve(log_history: list[dict]) -> list[dict]:
     """The in-loop evaluations: tokens seen and each task's exact match."""
     curve = []
     for entry in log_history:
-        accuracies = {k.split("/")[1]: v for k, v in entry.items()
-                      if k.startswith("eval/") and k.endswith("/exact_match")}
+        accuracies = {
+            k.split("/")[1]: v for k, v in entry.items() if k.startswith("eval/") and k.endswith("/exact_match")
+        }
         if accuracies:
-            curve.append({"step": entry.get("step", 0), "tokens": entry.get("num_input_tokens_seen", 0),
-                          "exact_match": accuracies})
+            curve.append(
+                {
+                    "step": entry.get("step", 0),
+                    "tokens": entry.get("num_input_tokens_seen", 0),
+                    "exact_match": accuracies,
+                }
+            )
     return curve
 
 
-def evaluate_checkpoint(checkpoint: Path, test_tasks: list[str], dev_tasks: list[str], limit: int | None,
-                        batch_size: int) -> dict:
+def evaluate_checkpoint(
+    checkpoint: Path, test_tasks: list[str], dev_tasks: list[str], limit: int | None, batch_size: int
+) -> dict:
     """lm-eval on a saved checkpoint, loaded the way the `lm_eval --model hf` CLI loads it. Per test item:
     correct or not, and whether the generated text holds the BACK marker (its order is the test set's)."""
     from lm_eval import simple_evaluate
@@ -277,18 +341,28 @@ def evaluate_checkpoint(checkpoint: Path, test_tasks: list[str], dev_tasks: list
 
     manager = TaskManager(include_path=str(EVAL_TASKS_DIR))
     model_args = {"pretrained": str(checkpoint), "trust_remote_code": True, "dtype": "float32"}
-    results = simple_evaluate(model="hf", model_args=model_args, tasks=test_tasks + dev_tasks, task_manager=manager,
-                              limit=limit, batch_size=batch_size, device="cpu", log_samples=True)
+    results = simple_evaluate(
+        model="hf",
+        model_args=model_args,
+        tasks=test_tasks + dev_tasks,
+        task_manager=manager,
+        limit=limit,
+        batch_size=batch_size,
+        device="cpu",
+        log_samples=True,
+    )
     out: dict = {"test": {}, "dev": {}, "self_correction": {}}
     for task, samples in results["samples"].items():
         samples = sorted(samples, key=lambda s: s["doc_id"])
         doc = samples[0]["doc"]
         if doc.get("bucket") == "self_correction":
-            out["self_correction"][task] = {key.split("/", 1)[1]: value for key, value in scores(results).items()
-                                            if key.startswith(f"{task}/")}
+            out["self_correction"][task] = {
+                key.split("/", 1)[1]: value for key, value in scores(results).items() if key.startswith(f"{task}/")
+            }
             continue
         out["dev" if task in dev_tasks else "test"][task] = {
-            "task": doc["task"], "difficulty": doc["difficulty"],
+            "task": doc["task"],
+            "difficulty": doc["difficulty"],
             "correct": [int(s["exact_match"]) for s in samples],
             "marker": [int(BACK in s["resps"][0][0]) for s in samples],
         }
@@ -304,8 +378,12 @@ def dev_score(record: dict) -> float:
 
 def sweep_runs(config: AblationConfig, records: list[dict]) -> list[dict]:
     """The learning-rate sweep's completed runs (baseline, first seed), in the recipe's order."""
-    return [r for lr in config.learning_rates for r in records
-            if r["arm"] == "baseline" and r["seed"] == config.seeds[0] and r["learning_rate"] == lr]
+    return [
+        r
+        for lr in config.learning_rates
+        for r in records
+        if r["arm"] == "baseline" and r["seed"] == config.seeds[0] and r["learning_rate"] == lr
+    ]
 
 
 def chosen_learning_rate(config: AblationConfig, records: list[dict], base_lr: float) -> float:
@@ -317,8 +395,14 @@ def chosen_learning_rate(config: AblationConfig, records: list[dict], base_lr: f
     return max(runs, key=dev_score)["learning_rate"]
 
 
-def execute(config: AblationConfig, ablation: Ablation, arms: list[str], seeds: list[int], sweep: bool,
-            learning_rate: float | None = None) -> dict:
+def execute(
+    config: AblationConfig,
+    ablation: Ablation,
+    arms: list[str],
+    seeds: list[int],
+    sweep: bool,
+    learning_rate: float | None = None,
+) -> dict:
     """Run the arms at `learning_rate`, or (None) at the sweep's choice after running the sweep."""
     started = time.perf_counter()
     ablation.output_dir.mkdir(parents=True, exist_ok=True)
@@ -331,8 +415,11 @@ def execute(config: AblationConfig, ablation: Ablation, arms: list[str], seeds: 
             records += [ablation.run("baseline", {}, config.seeds[0], lr) for lr in config.learning_rates]
         learning_rate = chosen_learning_rate(config, records, float(ablation.base["training"]["learning_rate"]))
         if records:
-            ablation.log(event="learning_rate", chosen=learning_rate,
-                         dev={r["learning_rate"]: round(dev_score(r), 4) for r in records})
+            ablation.log(
+                event="learning_rate",
+                chosen=learning_rate,
+                dev={r["learning_rate"]: round(dev_score(r), 4) for r in records},
+            )
     choices: dict[str, str] = {}
     waiting: list[str] = []
     for arm in arms:
@@ -346,14 +433,23 @@ def execute(config: AblationConfig, ablation: Ablation, arms: list[str], seeds: 
             records.append(ablation.run(arm, changes, seed, learning_rate))
     decide_selections(config, ablation, choices, learning_rate)
     if waiting:
-        ablation.log(event="waiting", arms=waiting, why="a selection they start from has arms that have not run "
-                                                      "with every seed yet: run those first")
-    return {"records": records, "learning_rate": learning_rate, "choices": choices, "waiting": waiting,
-            "seconds": time.perf_counter() - started}
+        ablation.log(
+            event="waiting",
+            arms=waiting,
+            why="a selection they start from has arms that have not run with every seed yet: run those first",
+        )
+    return {
+        "records": records,
+        "learning_rate": learning_rate,
+        "choices": choices,
+        "waiting": waiting,
+        "seconds": time.perf_counter() - started,
+    }
 
 
-def selection_choices(config: AblationConfig, records: list[dict],
-                      learning_rate: float) -> dict[str, tuple[str, dict]]:
+def selection_choices(
+    config: AblationConfig, records: list[dict], learning_rate: float
+) -> dict[str, tuple[str, dict]]:
     """Each selection whose candidate arms have all run with every seed at `learning_rate`: the arm it chooses,
     the best mean dev score (ties: the first listed), and every candidate's score."""
     records = [r for r in records if r["learning_rate"] == learning_rate]
@@ -370,15 +466,21 @@ def selection_choices(config: AblationConfig, records: list[dict],
     return decided
 
 
-def decide_selections(config: AblationConfig, ablation: Ablation, choices: dict[str, str], learning_rate: float) -> None:
+def decide_selections(
+    config: AblationConfig, ablation: Ablation, choices: dict[str, str], learning_rate: float
+) -> None:
     """Choose each selection that can be decided and is not yet. Decided from the completed runs on disk, so
     a set run in parts decides the same way."""
     records = completed_records(ablation.runs_dir)
     for selection, (chosen, dev) in selection_choices(config, records, learning_rate).items():
         if selection not in choices:
             choices[selection] = chosen
-            ablation.log(event="selection", name=selection, chosen=choices[selection],
-                         dev={a: round(v, 4) for a, v in dev.items()})
+            ablation.log(
+                event="selection",
+                name=selection,
+                chosen=choices[selection],
+                dev={a: round(v, 4) for a, v in dev.items()},
+            )
 
 
 def completed_records(runs_dir: Path) -> list[dict]:
@@ -386,8 +488,9 @@ def completed_records(runs_dir: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="training/ablate.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="training/ablate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("recipe", nargs="?", default=str(REPO / "training" / "recipes" / "ablation.yaml"))
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--quick", action="store_true", help="the recipe's reduced set (fewer arms, one seed)")
@@ -396,9 +499,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", help="comma-separated seeds (default: the recipe's)")
     parser.add_argument("--output_dir", help="override the recipe's output_dir (and report_dir)")
     parser.add_argument("--report-only", action="store_true", help="write the report from the completed runs")
-    parser.add_argument("--learning_rate", type=float,
-                        help="run and report every arm at this learning rate, not the sweep's choice (no sweep); "
-                             "the report goes to <report_dir>/lr<LR>")
+    parser.add_argument(
+        "--learning_rate",
+        type=float,
+        help="run and report every arm at this learning rate, not the sweep's choice (no sweep); "
+        "the report goes to <report_dir>/lr<LR>",
+    )
     args, overrides = parser.parse_known_args(argv)
     from .ablation_report import write_report
 
@@ -431,14 +537,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"recipe error: {error}")
     if not args.report_only:
         outcome = execute(config, ablation, arms, seeds, sweep=not args.quick, learning_rate=args.learning_rate)
-        ablation.log(event="finished", seconds=round(outcome["seconds"], 1), runs=len(outcome["records"]),
-                     waiting=outcome["waiting"])
+        ablation.log(
+            event="finished",
+            seconds=round(outcome["seconds"], 1),
+            runs=len(outcome["records"]),
+            waiting=outcome["waiting"],
+        )
     # The command that produces these runs (the report alone is rewritten by adding --report-only).
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(["python training/ablate.py", *(a for a in given if a != "--report-only")])
     records = completed_records(ablation.runs_dir)
     if args.learning_rate is not None and not any(r["learning_rate"] == args.learning_rate for r in records):
-        sys.exit(f"--learning_rate {args.learning_rate:g}: no completed run in {ablation.runs_dir} has this learning "
-                 f"rate (they have {sorted({r['learning_rate'] for r in records})})")
+        sys.exit(
+            f"--learning_rate {args.learning_rate:g}: no completed run in {ablation.runs_dir} has this learning "
+            f"rate (they have {sorted({r['learning_rate'] for r in records})})"
+        )
     report = write_report(config, ablation.base, records, report_dir, command, learning_rate=args.learning_rate)
     print(f"report: {report}", flush=True)

@@ -42,8 +42,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def split_tasks(records: list[dict], tops: dict[str, int]) -> dict[str, str]:
     """Test task -> "id" / "ood", by its difficulty against its task's training range."""
-    return {name: "id" if result["difficulty"] <= tops.get(result["task"], math.inf) else "ood"
-            for record in records for name, result in record["test"].items()}
+    return {
+        name: "id" if result["difficulty"] <= tops.get(result["task"], math.inf) else "ood"
+        for record in records
+        for name, result in record["test"].items()
+    }
 
 
 def items(record: dict, tasks: list[str]) -> np.ndarray:
@@ -100,8 +103,10 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
     sweep_choice = chosen_learning_rate(config, records, float(base["training"]["learning_rate"]))
     if learning_rate is None:
         learning_rate = sweep_choice
-    sweep = {r["learning_rate"]: {"dev": round(dev_score(r), 4), "train_seconds": r["train_seconds"]}
-             for r in sweep_runs(config, records)}
+    sweep = {
+        r["learning_rate"]: {"dev": round(dev_score(r), 4), "train_seconds": r["train_seconds"]}
+        for r in sweep_runs(config, records)
+    }
     main = [r for r in records if r["learning_rate"] == learning_rate]
     covered = main + [r for r in sweep_runs(config, records) if r not in main]  # what the report's tables show
     by_arm: dict[str, list[dict]] = {}
@@ -116,35 +121,56 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
         runs = sorted(by_arm[arm], key=lambda r: r["seed"])
         # Every arm against the baseline, and against its control where the recipe names one.
         control = chosen.get(config.controls.get(arm), config.controls.get(arm))
-        comparisons = {label: other for label, other in (("baseline", "baseline"), ("control", control))
-                       if other in by_arm and other != arm}
-        row = {"seeds": [r["seed"] for r in runs], "changes": runs[0]["changes"], **({"control": comparisons["control"]}
-                                                                                    if "control" in comparisons else {}),
-               "tokens": [r["num_input_tokens_seen"] for r in runs], "token_slots": [r["token_slots"] for r in runs],
-               "steps": [r["global_step"] for r in runs],
-               "seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in runs), 1)}
+        comparisons = {
+            label: other
+            for label, other in (("baseline", "baseline"), ("control", control))
+            if other in by_arm and other != arm
+        }
+        row = {
+            "seeds": [r["seed"] for r in runs],
+            "changes": runs[0]["changes"],
+            **({"control": comparisons["control"]} if "control" in comparisons else {}),
+            "tokens": [r["num_input_tokens_seen"] for r in runs],
+            "token_slots": [r["token_slots"] for r in runs],
+            "steps": [r["global_step"] for r in runs],
+            "seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in runs), 1),
+        }
         for kind, tasks in (("id", id_tasks), ("ood", ood_tasks)):
             row[kind] = _mean_std([float(items(r, tasks).mean()) for r in runs]) if tasks else None
             for label, other in comparisons.items():
-                row[f"{kind}_vs_{label}"] = paired_bootstrap(runs, by_arm[other], tasks, comparison_rng(arm, other, kind))
-        row["by_task"] = {t: _mean_std([float(np.mean(r["test"][t]["correct"])) for r in runs])
-                          for t in id_tasks + ood_tasks}
-        row["by_seed"] = {r["seed"]: {t: float(np.mean(r["test"][t]["correct"])) for t in id_tasks + ood_tasks}
-                          for r in runs}  # the spread behind the std: seeds differ more than items resample
+                row[f"{kind}_vs_{label}"] = paired_bootstrap(
+                    runs, by_arm[other], tasks, comparison_rng(arm, other, kind)
+                )
+        row["by_task"] = {
+            t: _mean_std([float(np.mean(r["test"][t]["correct"])) for r in runs]) for t in id_tasks + ood_tasks
+        }
+        row["by_seed"] = {
+            r["seed"]: {t: float(np.mean(r["test"][t]["correct"])) for t in id_tasks + ood_tasks} for r in runs
+        }  # the spread behind the std: seeds differ more than items resample
         reached = [tokens_to_target(r, id_tasks, config.target) for r in runs]
         row["tokens_to_target"] = reached
         row["marker_rate"] = _mean_std([_ratio(m for t in r["test"].values() for m in t["marker"]) for r in runs])
         row["self_correction"] = {
             metric: _mean_std([v[metric] for r in runs for v in r["self_correction"].values() if metric in v])
-            for metric in ("marker_rate", "false_marker_rate", "self_corrected")}
+            for metric in ("marker_rate", "false_marker_rate", "self_corrected")
+        }
         row["curve"] = [r["curve"] for r in runs]
         arms[arm] = row
     gate = learnability_gate(config, by_arm.get("baseline", []), kinds)
-    return {"learning_rate": learning_rate, "sweep_choice": sweep_choice, "sweep": sweep, "id_tasks": id_tasks, "ood_tasks": ood_tasks,
-            "training_tops": tops, "arms": arms, "gate": gate, "target": config.target,
-            "difficulty": {t: r["test"][t]["difficulty"] for r in records for t in r["test"]},
-            "total_seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in covered), 1),
-            "runs": len(covered)}
+    return {
+        "learning_rate": learning_rate,
+        "sweep_choice": sweep_choice,
+        "sweep": sweep,
+        "id_tasks": id_tasks,
+        "ood_tasks": ood_tasks,
+        "training_tops": tops,
+        "arms": arms,
+        "gate": gate,
+        "target": config.target,
+        "difficulty": {t: r["test"][t]["difficulty"] for r in records for t in r["test"]},
+        "total_seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in covered), 1),
+        "runs": len(covered),
+    }
 
 
 def _pct(pair) -> str:
@@ -177,53 +203,124 @@ def markdown(summary: dict, command: str) -> str:
     lines = [
         "| arm | changes vs baseline | seeds | ID exact match | OOD exact match | ID − baseline [95% CI] "
         "| OOD − baseline [95% CI] | tokens to target | marker rate (test) | self-correction: marker / false marker |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for arm, row in summary["arms"].items():
         sc = row["self_correction"]
         lines.append(
             f"| {arm} | {_changes(row['changes'])} | {len(row['seeds'])} | {_pct(row['id'])} | {_pct(row['ood'])} "
             f"| {_interval(row.get('id_vs_baseline'))} | {_interval(row.get('ood_vs_baseline'))} "
             f"| {_tokens(row['tokens_to_target'])} | {_pct(row['marker_rate'])} "
-            f"| {_pct(sc['marker_rate'])} / {_pct(sc['false_marker_rate'])} |")
-    per_task = ["| arm | " + " | ".join(f"{t.removeprefix('cogfm_')} ({'ID' if t in summary['id_tasks'] else 'OOD'})"
-                                       for t in summary["id_tasks"] + summary["ood_tasks"]) + " |",
-                "|---|" + "---|" * (len(summary["id_tasks"]) + len(summary["ood_tasks"]))]
+            f"| {_pct(sc['marker_rate'])} / {_pct(sc['false_marker_rate'])} |"
+        )
+    per_task = [
+        "| arm | "
+        + " | ".join(
+            f"{t.removeprefix('cogfm_')} ({'ID' if t in summary['id_tasks'] else 'OOD'})"
+            for t in summary["id_tasks"] + summary["ood_tasks"]
+        )
+        + " |",
+        "|---|" + "---|" * (len(summary["id_tasks"]) + len(summary["ood_tasks"])),
+    ]
     per_seed = [per_task[0].replace("| arm |", "| arm, seed |", 1), per_task[1]]
     for arm, row in summary["arms"].items():
-        per_seed += [f"| {arm}, {seed} | " + " | ".join(f"{100 * scores[t]:.1f}" for t in summary["id_tasks"] + summary["ood_tasks"])
-                     + " |" for seed, scores in row["by_seed"].items()]
+        per_seed += [
+            f"| {arm}, {seed} | "
+            + " | ".join(f"{100 * scores[t]:.1f}" for t in summary["id_tasks"] + summary["ood_tasks"])
+            + " |"
+            for seed, scores in row["by_seed"].items()
+        ]
     for arm, row in summary["arms"].items():
-        per_task.append(f"| {arm} | " + " | ".join(_pct(row["by_task"][t]) for t in summary["id_tasks"] + summary["ood_tasks"]) + " |")
-    tokens = ["| arm | optimizer steps | token slots (steps × batch × seq_len) | non-padding tokens per seed | train + eval time |",
-              "|---|---|---|---|---|"]
+        per_task.append(
+            f"| {arm} | "
+            + " | ".join(_pct(row["by_task"][t]) for t in summary["id_tasks"] + summary["ood_tasks"])
+            + " |"
+        )
+    tokens = [
+        "| arm | optimizer steps | token slots (steps × batch × seq_len) | non-padding tokens per seed "
+        "| train + eval time |",
+        "|---|---|---|---|---|",
+    ]
     for arm, row in summary["arms"].items():
-        tokens.append(f"| {arm} | {sorted(set(row['steps']))} | {sorted(set(row['token_slots']))} "
-                      f"| {', '.join(f'{t:,}' for t in row['tokens'])} | {row['seconds'] / 60:.1f} min |")
-    controlled = [f"| {arm} − {row['control']} | {_interval(row['id_vs_control'])} | {_interval(row['ood_vs_control'])} |"
-                  for arm, row in summary["arms"].items() if "control" in row]
-    controls = ["Against its control (the same paired bootstrap):", "",
-                "| comparison | ID [95% CI] | OOD [95% CI] |", "|---|---|---|", *controlled, ""] if controlled else []
+        tokens.append(
+            f"| {arm} | {sorted(set(row['steps']))} | {sorted(set(row['token_slots']))} "
+            f"| {', '.join(f'{t:,}' for t in row['tokens'])} | {row['seconds'] / 60:.1f} min |"
+        )
+    controlled = [
+        f"| {arm} − {row['control']} | {_interval(row['id_vs_control'])} | {_interval(row['ood_vs_control'])} |"
+        for arm, row in summary["arms"].items()
+        if "control" in row
+    ]
+    controls = (
+        [
+            "Against its control (the same paired bootstrap):",
+            "",
+            "| comparison | ID [95% CI] | OOD [95% CI] |",
+            "|---|---|---|",
+            *controlled,
+            "",
+        ]
+        if controlled
+        else []
+    )
     sweep = ["| learning rate | baseline dev exact match (seed 0) | train time |", "|---|---|---|"]
-    sweep += [f"| {lr:g}{' (chosen)' if lr == summary['sweep_choice'] else ''} | {100 * v['dev']:.1f}% "
-              f"| {v['train_seconds'] / 60:.1f} min |" for lr, v in sorted(summary["sweep"].items())]
-    given_lr = ("" if summary["learning_rate"] == summary["sweep_choice"]
-                else f" (given with --learning_rate; the sweep chooses {summary['sweep_choice']:g})")
+    sweep += [
+        f"| {lr:g}{' (chosen)' if lr == summary['sweep_choice'] else ''} | {100 * v['dev']:.1f}% "
+        f"| {v['train_seconds'] / 60:.1f} min |"
+        for lr, v in sorted(summary["sweep"].items())
+    ]
+    given_lr = (
+        ""
+        if summary["learning_rate"] == summary["sweep_choice"]
+        else f" (given with --learning_rate; the sweep chooses {summary['sweep_choice']:g})"
+    )
     gate = summary["gate"]
-    gate_text = "not measured (no baseline run)" if gate is None else (
-        f"{'passed' if gate['passed'] else 'NOT passed'}: baseline dev exact match {100 * gate['easiest']['dev']:.1f}% on "
-        f"`{gate['easiest']['task']}` (needed {100 * gate['easiest']['needed']:.0f}%) and {100 * gate['top']['dev']:.1f}% on "
-        f"`{gate['top']['task']}` (needed {100 * gate['top']['needed']:.0f}%), mean over seeds.")
-    return "\n".join([
-        f"Reproduce: `{command}`. {summary['runs']} runs, {summary['total_seconds'] / 60:.1f} min of training and "
-        f"evaluation. Learning rate {summary['learning_rate']:g} for every arm{given_lr}. Training range: "
-        f"{', '.join(f'{k} ≤ {v}' for k, v in summary['training_tops'].items())}; in-distribution (ID) test tasks: "
-        f"{', '.join(summary['id_tasks'])}; out-of-distribution (OOD): {', '.join(summary['ood_tasks']) or '–'}.",
-        "", f"**Learnability gate**: {gate_text}", "",
-        "Exact match in %, mean ± std over seeds, on the full test sets of the saved checkpoints; the interval is "
-        "a paired bootstrap over test items. Tokens to target: non-padding tokens until the in-loop ID accuracy "
-        f"reaches {100 * summary['target']:.0f}%. Marker rate (test): share of generated test solutions that write "
-        "the BACK marker.", "", *lines, "", *controls, "Per task:", "", *per_task, "", "Per seed:", "", *per_seed, "", "Budget per arm:", "", *tokens, "",
-        "Baseline learning-rate sweep (chosen on the dev sets, never on test):", "", *sweep, ""])
+    gate_text = (
+        "not measured (no baseline run)"
+        if gate is None
+        else (
+            f"{'passed' if gate['passed'] else 'NOT passed'}: baseline dev exact match "
+            f"{100 * gate['easiest']['dev']:.1f}% on `{gate['easiest']['task']}` (needed "
+            f"{100 * gate['easiest']['needed']:.0f}%) and {100 * gate['top']['dev']:.1f}% on "
+            f"`{gate['top']['task']}` (needed {100 * gate['top']['needed']:.0f}%), mean over seeds."
+        )
+    )
+    return "\n".join(
+        [
+            f"Reproduce: `{command}`. {summary['runs']} runs, {summary['total_seconds'] / 60:.1f} min of training and "
+            f"evaluation. Learning rate {summary['learning_rate']:g} for every arm{given_lr}. Training range: "
+            f"{', '.join(f'{k} ≤ {v}' for k, v in summary['training_tops'].items())}; "
+            f"in-distribution (ID) test tasks: {', '.join(summary['id_tasks'])}; "
+            f"out-of-distribution (OOD): {', '.join(summary['ood_tasks']) or '–'}.",
+            "",
+            f"**Learnability gate**: {gate_text}",
+            "",
+            "Exact match in %, mean ± std over seeds, on the full test sets of the saved checkpoints; the interval is "
+            "a paired bootstrap over test items. Tokens to target: non-padding tokens until the in-loop ID accuracy "
+            f"reaches {100 * summary['target']:.0f}%. Marker rate (test): share of generated test solutions that "
+            "write the BACK marker.",
+            "",
+            *lines,
+            "",
+            *controls,
+            "Per task:",
+            "",
+            *per_task,
+            "",
+            "Per seed:",
+            "",
+            *per_seed,
+            "",
+            "Budget per arm:",
+            "",
+            *tokens,
+            "",
+            "Baseline learning-rate sweep (chosen on the dev sets, never on test):",
+            "",
+            *sweep,
+            "",
+        ]
+    )
 
 
 def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
@@ -252,8 +349,14 @@ def plot_accuracy_by_difficulty(summary: dict, path: Path) -> Path | None:
     for top in summary["training_tops"].values():
         ax.axvline(top + 0.5, color="gray", linestyle=":")
     knobs = ", ".join(sorted({get_task(task).difficulty_knob for task in summary["training_tops"]}))
-    return _save(fig, ax, path, f"difficulty ({knobs}); dotted line: top of the training range", "test exact match (%)",
-                 "Ablation: accuracy by difficulty (mean ± std over seeds)")
+    return _save(
+        fig,
+        ax,
+        path,
+        f"difficulty ({knobs}); dotted line: top of the training range",
+        "test exact match (%)",
+        "Ablation: accuracy by difficulty (mean ± std over seeds)",
+    )
 
 
 def plot_learning_curves(summary: dict, path: Path) -> Path | None:
@@ -261,8 +364,10 @@ def plot_learning_curves(summary: dict, path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for arm, row in summary["arms"].items():
-        curves = [[(p["tokens"], _ratio(v for t, v in p["exact_match"].items() if t in summary["id_tasks"]))
-                   for p in curve] for curve in row["curve"]]
+        curves = [
+            [(p["tokens"], _ratio(v for t, v in p["exact_match"].items() if t in summary["id_tasks"])) for p in curve]
+            for curve in row["curve"]
+        ]
         length = min(len(c) for c in curves)
         if length == 0:
             continue
@@ -270,17 +375,26 @@ def plot_learning_curves(summary: dict, path: Path) -> Path | None:
         accuracy = [100 * np.mean([c[i][1] for c in curves]) for i in range(length)]
         ax.plot(tokens, accuracy, marker=".", label=arm)
     ax.axhline(100 * summary["target"], color="gray", linestyle=":")
-    return _save(fig, ax, path, "non-padding training tokens (M)", "in-loop ID exact match (%)",
-                 "Ablation: learning curves (mean over seeds)")
+    return _save(
+        fig,
+        ax,
+        path,
+        "non-padding training tokens (M)",
+        "in-loop ID exact match (%)",
+        "Ablation: learning curves (mean over seeds)",
+    )
 
 
-def write_report(config, base: dict, records: list[dict], report_dir: Path, command: str,
-                 learning_rate: float | None = None) -> Path:
+def write_report(
+    config, base: dict, records: list[dict], report_dir: Path, command: str, learning_rate: float | None = None
+) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(config, base, records, learning_rate)
     (report_dir / "results.json").write_text(json.dumps(summary, indent=1, default=str))
-    plots = [plot_accuracy_by_difficulty(summary, report_dir / "ablation-accuracy-by-difficulty.png"),
-             plot_learning_curves(summary, report_dir / "ablation-learning-curves.png")]
+    plots = [
+        plot_accuracy_by_difficulty(summary, report_dir / "ablation-accuracy-by-difficulty.png"),
+        plot_learning_curves(summary, report_dir / "ablation-learning-curves.png"),
+    ]
     body = markdown(summary, command)
     images = "".join(f"\n![{p.stem}]({p.name})\n" for p in plots if p is not None)
     path = report_dir / "results.md"

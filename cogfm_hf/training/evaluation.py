@@ -46,8 +46,9 @@ class EvalConfig:
             raise ValueError(f"every_steps must be an integer >= 0, got {self.every_steps!r}")
 
 
-def run_lm_eval(model, tokenizer, tasks: list[str], limit: int | None, batch_size: int,
-                include_path: str | None = None) -> dict:
+def run_lm_eval(
+    model, tokenizer, tasks: list[str], limit: int | None, batch_size: int, include_path: str | None = None
+) -> dict:
     """lm-eval's results (with per-item samples) for a live model, left in the train/eval mode it was in."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -57,8 +58,13 @@ def run_lm_eval(model, tokenizer, tasks: list[str], limit: int | None, batch_siz
     try:
         model.eval()
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        return simple_evaluate(model=lm, tasks=list(tasks), limit=limit, log_samples=True,
-                               task_manager=TaskManager(include_path=include_path or str(EVAL_TASKS_DIR)))
+        return simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            limit=limit,
+            log_samples=True,
+            task_manager=TaskManager(include_path=include_path or str(EVAL_TASKS_DIR)),
+        )
     finally:
         model.train(was_training)
 
@@ -66,9 +72,12 @@ def run_lm_eval(model, tokenizer, tasks: list[str], limit: int | None, batch_siz
 def scores(results: dict) -> dict[str, float]:
     """Flat {"<task or group>/<metric>": value} from lm-eval results ("exact_match,extract_answer" -> "exact_match");
     lm-eval lists groups among the results too."""
-    return {f"{name}/{key.split(',')[0]}": float(value)
-            for name, values in results.get("results", {}).items() for key, value in values.items()
-            if "," in key and "_stderr" not in key and isinstance(value, (int, float))}
+    return {
+        f"{name}/{key.split(',')[0]}": float(value)
+        for name, values in results.get("results", {}).items()
+        for key, value in values.items()
+        if "," in key and "_stderr" not in key and isinstance(value, (int, float))
+    }
 
 
 def accuracy_by_difficulty(results: dict) -> dict[str, dict[int, float]]:
@@ -89,8 +98,10 @@ def accuracy_by_difficulty(results: dict) -> dict[str, dict[int, float]]:
     if not items:
         return {}
     metric = evaluate.load(str(DIFFICULTY_METRIC_DIR))
-    return {task: metric.compute(predictions=p, references=r, difficulties=d)["by_difficulty"]
-            for task, (p, r, d) in sorted(items.items())}
+    return {
+        task: metric.compute(predictions=p, references=r, difficulties=d)["by_difficulty"]
+        for task, (p, r, d) in sorted(items.items())
+    }
 
 
 class LMEvalCallback(TrainerCallback):
@@ -107,8 +118,9 @@ class LMEvalCallback(TrainerCallback):
         if not (state.is_world_process_zero or self.trainer.is_fsdp_enabled):
             return None
         start = time.perf_counter()
-        results = run_lm_eval(model, tokenizer, self.config.tasks, limit, self.config.batch_size,
-                              self.config.include_path)
+        results = run_lm_eval(
+            model, tokenizer, self.config.tasks, limit, self.config.batch_size, self.config.include_path
+        )
         logs = {f"eval/{key}": round(value, 4) for key, value in scores(results).items()}
         for task, by_difficulty in accuracy_by_difficulty(results).items():
             logs.update({f"eval_difficulty/{task}/{d}": round(v, 4) for d, v in by_difficulty.items()})

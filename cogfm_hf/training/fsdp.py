@@ -28,8 +28,12 @@ from ..modeling.modeling_cogfm import CogFMForCausalLM
 SHARDED_MODEL_DIR = "pytorch_model_fsdp_0"  # Accelerate's name for a sharded model checkpoint
 
 
-def shard_cogfm(model: CogFMForCausalLM, mesh=None, reshard_after_forward: bool = True,
-                mp_policy: MixedPrecisionPolicy | None = None) -> CogFMForCausalLM:
+def shard_cogfm(
+    model: CogFMForCausalLM,
+    mesh=None,
+    reshard_after_forward: bool = True,
+    mp_policy: MixedPrecisionPolicy | None = None,
+) -> CogFMForCausalLM:
     """FSDP2 with one unit per decoder layer plus the root (embeddings, final norm, head)."""
     kwargs = dict(mesh=mesh, reshard_after_forward=reshard_after_forward)
     if mp_policy is not None:
@@ -47,7 +51,9 @@ def save_sharded(model: torch.nn.Module, checkpoint_dir: Path) -> Path:
     return target
 
 
-def export_consolidated(sharded_dir: Path, output_dir: Path, config: CogFMConfig, tokenizer_dir: Path | None = None) -> Path:
+def export_consolidated(
+    sharded_dir: Path, output_dir: Path, config: CogFMConfig, tokenizer_dir: Path | None = None
+) -> Path:
     """Merge a sharded checkpoint into one CogFM checkpoint that loads anywhere (trust_remote_code)."""
     from accelerate.utils import merge_fsdp_weights
     from safetensors.torch import load_file
@@ -69,8 +75,11 @@ def export_consolidated(sharded_dir: Path, output_dir: Path, config: CogFMConfig
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m cogfm_hf.training.fsdp", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m cogfm_hf.training.fsdp",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="merge a sharded checkpoint into a Hub-ready one")
     export.add_argument("sharded_dir", type=Path)

@@ -34,8 +34,14 @@ class LossConfig:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)!r}")
 
 
-def token_weights(input_ids: torch.Tensor, attention_mask: torch.Tensor, error_mask: torch.Tensor, marker_id: int,
-                  newline_ids: torch.Tensor, config: LossConfig) -> dict[str, torch.Tensor]:
+def token_weights(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    error_mask: torch.Tensor,
+    marker_id: int,
+    newline_ids: torch.Tensor,
+    config: LossConfig,
+) -> dict[str, torch.Tensor]:
     """Masks and weights for the predicted tokens (shape [batch, seq - 1])."""
     targets = input_ids[:, 1:]
     valid = attention_mask[:, 1:].bool()
@@ -48,7 +54,9 @@ def token_weights(input_ids: torch.Tensor, attention_mask: torch.Tensor, error_m
     line_start[:, 1:] = newline[:, :-1]
     line_start[:, 0] = True
     markers_so_far = torch.cumsum(marker.long(), dim=1) - marker.long()
-    markers_at_line_start = torch.cummax(torch.where(line_start, markers_so_far, torch.zeros_like(markers_so_far)), dim=1).values
+    markers_at_line_start = torch.cummax(
+        torch.where(line_start, markers_so_far, torch.zeros_like(markers_so_far)), dim=1
+    ).values
     correction = (markers_so_far > markers_at_line_start) & valid & ~marker & ~error
     weights = valid.float()
     weights = torch.where(error, torch.full_like(weights, config.error_weight), weights)
@@ -57,8 +65,9 @@ def token_weights(input_ids: torch.Tensor, attention_mask: torch.Tensor, error_m
     return {"weights": weights, "valid": valid, "error": error, "marker": marker, "correction": correction}
 
 
-def self_correction_loss(logits: torch.Tensor, input_ids: torch.Tensor, masks: dict[str, torch.Tensor],
-                         config: LossConfig) -> dict[str, torch.Tensor]:
+def self_correction_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, masks: dict[str, torch.Tensor], config: LossConfig
+) -> dict[str, torch.Tensor]:
     """Summed loss terms (not yet normalised) and the per-token cross-entropy for logging."""
     logits = logits[:, :-1].float()
     targets = input_ids[:, 1:]

@@ -32,11 +32,22 @@ def result_rows(results: dict) -> list[dict]:
                 if metric not in _METRIC_ORDER or not isinstance(value, (int, float)):
                     continue
                 stderr = values.get(f"{metric}_stderr,{filter_name}")
-                count = values.get("sample_count", {}).get(key) if section == "groups" else \
-                    results.get("n-samples", {}).get(name, {}).get("effective")
-                rows.append(dict(name=name, group=section == "groups", metric=metric, value=float(value),
-                                 stderr=stderr if isinstance(stderr, (int, float)) else None, items=count,
-                                 baseline=baseline if metric == "exact_match" and section == "results" else None))
+                count = (
+                    values.get("sample_count", {}).get(key)
+                    if section == "groups"
+                    else results.get("n-samples", {}).get(name, {}).get("effective")
+                )
+                rows.append(
+                    dict(
+                        name=name,
+                        group=section == "groups",
+                        metric=metric,
+                        value=float(value),
+                        stderr=stderr if isinstance(stderr, (int, float)) else None,
+                        items=count,
+                        baseline=baseline if metric == "exact_match" and section == "results" else None,
+                    )
+                )
     return rows
 
 
@@ -46,37 +57,69 @@ def _table(rows: list[dict]) -> str:
         stderr = f"{row['stderr']:.3f}" if row["stderr"] is not None else ""
         baseline = f"{row['baseline']:.3f}" if row["baseline"] is not None else ""
         name = f"**{row['name']}**" if row["group"] else row["name"]
-        lines.append(f"| {name} | {row['metric']} | {row['value']:.3f} | {stderr} | {row['items'] or ''} | {baseline} |")
+        lines.append(
+            f"| {name} | {row['metric']} | {row['value']:.3f} | {stderr} | {row['items'] or ''} | {baseline} |"
+        )
     return "\n".join(lines)
 
 
-def write_model_card(output: Path, *, recipe: dict, model, state, data_report: dict, results: dict | None,
-                     limit: int | None, plots: list[str]) -> Path:
+def write_model_card(
+    output: Path,
+    *,
+    recipe: dict,
+    model,
+    state,
+    data_report: dict,
+    results: dict | None,
+    limit: int | None,
+    plots: list[str],
+) -> Path:
     params = sum(p.numel() for p in model.parameters())
     config = model.config
     name = Path(recipe["training"]["output_dir"]).name
     rows = result_rows(results) if results else []
-    eval_results = [EvalResult(task_type="text-generation", dataset_type=row["name"], dataset_name=row["name"],
-                               metric_type=row["metric"], metric_value=round(row["value"], 4))
-                    for row in rows if row["group"] or row["baseline"] is not None]
-    card_data = ModelCardData(library_name="transformers", pipeline_tag="text-generation", license="apache-2.0",
-                              tags=["cogfm", "reasoning", "custom_code", "from-scratch"], model_name=name,
-                              eval_results=eval_results or None)
+    eval_results = [
+        EvalResult(
+            task_type="text-generation",
+            dataset_type=row["name"],
+            dataset_name=row["name"],
+            metric_type=row["metric"],
+            metric_value=round(row["value"], 4),
+        )
+        for row in rows
+        if row["group"] or row["baseline"] is not None
+    ]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        license="apache-2.0",
+        tags=["cogfm", "reasoning", "custom_code", "from-scratch"],
+        model_name=name,
+        eval_results=eval_results or None,
+    )
     sources = data_report.get("sources", {})
     data_lines = ["| source | type | documents | tokens | share |", "|---|---|---:|---:|---:|"] + [
         f"| {source} | {info.get('type', '')} | {info.get('documents_out', 0):,} | {info.get('tokens_out', 0):,} | "
-        f"{info.get('token_share', 0):.1%} |" for source, info in sources.items()]
+        f"{info.get('token_share', 0):.1%} |"
+        for source, info in sources.items()
+    ]
     by_task = data_report.get("tokens_by_task", {})
     packing = data_report.get("packing", {})
+    totals = data_report.get("totals", {})
     tokens_seen = getattr(state, "num_input_tokens_seen", 0)
-    evaluation = (f"lm-evaluation-harness on the tasks in `eval_tasks/` (test sets {EXPORT_VERSION}, held-out "
-                  f"solution templates, greedy decoding), {'the first ' + str(limit) if limit else 'all'} items per "
-                  "task. Re-check any number with the command above (add `--limit` to match).") if results else \
-        "No evaluation was run (`eval.enabled: false`)."
+    evaluation = (
+        (
+            f"lm-evaluation-harness on the tasks in `eval_tasks/` (test sets {EXPORT_VERSION}, held-out "
+            f"solution templates, greedy decoding), {'the first ' + str(limit) if limit else 'all'} items per "
+            "task. Re-check any number with the command above (add `--limit` to match)."
+        )
+        if results
+        else "No evaluation was run (`eval.enabled: false`)."
+    )
     body = f"""
 # {name}
 
-A **CogFM** decoder-only language model (`{recipe['model']['preset']}` preset: {params:,} parameters,
+A **CogFM** decoder-only language model (`{recipe["model"]["preset"]}` preset: {params:,} parameters,
 {config.num_hidden_layers} layers, hidden size {config.hidden_size}, vocabulary {config.vocab_size:,}) trained from
 random initialisation with cogfm_hf for {state.global_step:,} optimizer steps on
 **{tokens_seen:,} non-padding tokens**, with a curriculum sampler and a self-correction loss.
@@ -103,21 +146,22 @@ lm_eval --model hf --model_args pretrained={name},trust_remote_code=True \\
 
 {evaluation}
 
-{_table(rows) if rows else ''}
+{_table(rows) if rows else ""}
 
-{chr(10).join(f'![{Path(p).stem}]({p})' for p in plots)}
+{chr(10).join(f"![{Path(p).stem}]({p})" for p in plots)}
 
 ## Training
 
-- Steps: {state.global_step:,}; non-padding tokens seen: {tokens_seen:,}; sequence length {packing.get('seq_len', '?')}.
+- Steps: {state.global_step:,}; non-padding tokens seen: {tokens_seen:,}; sequence length
+  {packing.get("seq_len", "?")}.
 - Objective: next-token cross-entropy with the self-correction loss (`loss` section below); curriculum
-  `{recipe['curriculum']['pacing']}` pacing.
-- Data: {data_report.get('totals', {}).get('documents_out', 0):,} documents, {data_report.get('totals', {}).get('tokens_out', 0):,} tokens, in
-  {packing.get('sequences', 0):,} packed sequences (fill {packing.get('fill', 0):.1%}).
+  `{recipe["curriculum"]["pacing"]}` pacing.
+- Data: {totals.get("documents_out", 0):,} documents, {totals.get("tokens_out", 0):,} tokens, in
+  {packing.get("sequences", 0):,} packed sequences (fill {packing.get("fill", 0):.1%}).
 
 {chr(10).join(data_lines)}
 
-Tokens by task: {', '.join(f"{task} {info['share']:.1%}" for task, info in by_task.items())}.
+Tokens by task: {", ".join(f"{task} {info['share']:.1%}" for task, info in by_task.items())}.
 
 ### Recipe
 

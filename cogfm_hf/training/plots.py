@@ -31,8 +31,9 @@ def plot_losses(log_history: list[dict], path: Path, title: str = "") -> Path:
     return Path(path)
 
 
-def plot_accuracy_by_difficulty(log_history: list[dict], path: Path, training_top: dict[str, int],
-                                title: str = "") -> Path | None:
+def plot_accuracy_by_difficulty(
+    log_history: list[dict], path: Path, training_top: dict[str, int], title: str = ""
+) -> Path | None:
     """Generation accuracy against difficulty, one panel per task and one line per in-loop evaluation
     (light = early, dark = late); the dashed line is the top of the training range (right of it: OOD).
     None when the run logged no evaluation."""
@@ -44,8 +45,9 @@ def plot_accuracy_by_difficulty(log_history: list[dict], path: Path, training_to
     colors = plt.cm.viridis_r([0.15 + 0.85 * i / max(1, len(evaluations) - 1) for i in range(len(evaluations))])
     for axis, task in zip(axes[0], tasks):
         for color, entry in zip(colors, evaluations):
-            points = sorted((int(k.rsplit("/", 1)[1]), v) for k, v in entry.items()
-                            if k.startswith(f"eval_difficulty/{task}/"))
+            points = sorted(
+                (int(k.rsplit("/", 1)[1]), v) for k, v in entry.items() if k.startswith(f"eval_difficulty/{task}/")
+            )
             if points:
                 axis.plot(*zip(*points), marker="o", markersize=3, color=color, label=f"step {entry['step']}")
         if task in training_top:

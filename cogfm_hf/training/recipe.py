@@ -86,8 +86,14 @@ class TrainRecipe:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"model": ModelConfig, "curriculum": CurriculumConfig, "loss": LossConfig, "guard": GuardConfig,
-            "eval": EvalConfig, "lora": LoraSection}
+SECTIONS = {
+    "model": ModelConfig,
+    "curriculum": CurriculumConfig,
+    "loss": LossConfig,
+    "guard": GuardConfig,
+    "eval": EvalConfig,
+    "lora": LoraSection,
+}
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, object]]:
@@ -126,8 +132,10 @@ def apply_overrides(data: dict, overrides: list[tuple[str, object]]) -> dict:
         elif key in TrainRecipe.__dataclass_fields__:
             data[key] = value
         else:
-            raise RecipeError(f"--{key}: not a TrainingArguments field or recipe field; use --section.field for "
-                              f"sections {sorted(SECTIONS) + ['data', 'training']}")
+            raise RecipeError(
+                f"--{key}: not a TrainingArguments field or recipe field; use --section.field for "
+                f"sections {sorted(SECTIONS) + ['data', 'training']}"
+            )
     return data
 
 
@@ -164,6 +172,13 @@ def recipe_from_dict(data: dict, where: str = "recipe") -> TrainRecipe:
     unknown = sorted(set(data["training"]) - TRAINING_ARGUMENT_FIELDS)
     if unknown:
         raise RecipeError(f"{where}: training: unknown TrainingArguments field(s) {unknown}")
-    sections = {name: section_from_mapping(cls, data.get(name) or {}, f"{where}: {name}") for name, cls in SECTIONS.items()}
-    return TrainRecipe(data=data["data"], training=data["training"], peak_tflops=data.get("peak_tflops"),
-                       cpu_threads=data.get("cpu_threads"), **sections)
+    sections = {
+        name: section_from_mapping(cls, data.get(name) or {}, f"{where}: {name}") for name, cls in SECTIONS.items()
+    }
+    return TrainRecipe(
+        data=data["data"],
+        training=data["training"],
+        peak_tflops=data.get("peak_tflops"),
+        cpu_threads=data.get("cpu_threads"),
+        **sections,
+    )

@@ -103,8 +103,13 @@ def training_arguments(recipe: TrainRecipe) -> tuple[TrainingArguments, bool]:
 
 def build_model(recipe: TrainRecipe, tokenizer, seq_len: int) -> CogFMForCausalLM:
     preset = CogFMConfig.from_preset(recipe.model.preset)
-    fields = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                  eos_token_id=tokenizer.eos_token_id, max_position_embeddings=max(preset.max_position_embeddings, seq_len))
+    fields = dict(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        max_position_embeddings=max(preset.max_position_embeddings, seq_len),
+    )
     config = CogFMConfig.from_preset(recipe.model.preset, **{**fields, **recipe.model.overrides})
     return CogFMForCausalLM(config)
 
@@ -135,23 +140,35 @@ def prepare(recipe: TrainRecipe):
     return args, bf16, state, threads, tokenizer, dataset
 
 
-def make_trainer(recipe: TrainRecipe, model, tokenizer, dataset, args, bf16: bool, threads: int | None,
-                 state: PartialState) -> CogFMTrainer:
+def make_trainer(
+    recipe: TrainRecipe, model, tokenizer, dataset, args, bf16: bool, threads: int | None, state: PartialState
+) -> CogFMTrainer:
     seq_len = len(dataset[0]["input_ids"])
     peak, peak_note = peak_flops(recipe, bf16)
     config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
     if state.is_main_process:
         params = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"CogFM {recipe.model.checkpoint or recipe.model.preset}: {params:,} parameters ({trainable:,} trainable); "
-              f"{len(dataset):,} sequences of {seq_len} tokens; {args.world_size} process"
-              f"{'es' if args.world_size > 1 else ''}; {'bf16 autocast' if bf16 else 'fp32'}"
-              f"{f'; {threads} CPU threads' if threads else ''}; MFU against {peak_note}", flush=True)
+        print(
+            f"CogFM {recipe.model.checkpoint or recipe.model.preset}: {params:,} parameters "
+            f"({trainable:,} trainable); "
+            f"{len(dataset):,} sequences of {seq_len} tokens; {args.world_size} process"
+            f"{'es' if args.world_size > 1 else ''}; {'bf16 autocast' if bf16 else 'fp32'}"
+            f"{f'; {threads} CPU threads' if threads else ''}; MFU against {peak_note}",
+            flush=True,
+        )
     return CogFMTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        curriculum=recipe.curriculum, loss_config=recipe.loss, guard=recipe.guard,
-        marker_id=tokenizer.convert_tokens_to_ids(BACK), newline_ids=newline_token_ids(tokenizer),
-        flops_per_token=train_flops_per_token(config, seq_len), peak_flops=peak or None,
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        curriculum=recipe.curriculum,
+        loss_config=recipe.loss,
+        guard=recipe.guard,
+        marker_id=tokenizer.convert_tokens_to_ids(BACK),
+        newline_ids=newline_token_ids(tokenizer),
+        flops_per_token=train_flops_per_token(config, seq_len),
+        peak_flops=peak or None,
         callbacks=[SaveRecipeCallback(recipe.to_dict())],
     )
 
@@ -181,26 +198,44 @@ def pretrain(recipe: TrainRecipe) -> Path:
     if state.is_main_process:
         (output / RECIPE_FILE).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         title = f"{recipe.model.preset}, {trainer.state.num_input_tokens_seen:,} tokens"
-        plots = [plot_losses(trainer.state.log_history, output / "loss.png", f"{title}: training loss"),
-                 plot_accuracy_by_difficulty(trainer.state.log_history, output / "accuracy_by_difficulty.png",
-                                             training_difficulty_tops(recipe.data), f"{title}: accuracy by difficulty")]
+        plots = [
+            plot_losses(trainer.state.log_history, output / "loss.png", f"{title}: training loss"),
+            plot_accuracy_by_difficulty(
+                trainer.state.log_history,
+                output / "accuracy_by_difficulty.png",
+                training_difficulty_tops(recipe.data),
+                f"{title}: accuracy by difficulty",
+            ),
+        ]
         results = evaluation.final_results if evaluation else None
-        summary = {"skipped_updates": trainer.skipped_updates, "global_step": trainer.state.global_step,
-                   "num_input_tokens_seen": trainer.state.num_input_tokens_seen}
+        summary = {
+            "skipped_updates": trainer.skipped_updates,
+            "global_step": trainer.state.global_step,
+            "num_input_tokens_seen": trainer.state.num_input_tokens_seen,
+        }
         if results:
             summary["final_eval"] = scores(results)
-            (output / "eval_results.json").write_text(json.dumps(
-                {k: v for k, v in results.items() if k != "samples"}, indent=2, default=str))
+            (output / "eval_results.json").write_text(
+                json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=2, default=str)
+            )
             from lm_eval.utils import make_table
 
-            print("\n" + make_table(results) + ("\n" + make_table(results, "groups") if results.get("groups") else ""),
-                  flush=True)
+            print(
+                "\n" + make_table(results) + ("\n" + make_table(results, "groups") if results.get("groups") else ""),
+                flush=True,
+            )
         (output / "training_summary.json").write_text(json.dumps(summary, indent=2))
         trainer.state.save_to_json(str(output / "trainer_state.json"))  # the log history: losses, evaluations
-        card = write_model_card(output, recipe=recipe.to_dict(), model=model, state=trainer.state,
-                                data_report=read_data_report(Path(load_recipe(recipe.data).output_dir)),
-                                results=results, limit=recipe.eval.final_limit,
-                                plots=[p.name for p in plots if p is not None])
+        card = write_model_card(
+            output,
+            recipe=recipe.to_dict(),
+            model=model,
+            state=trainer.state,
+            data_report=read_data_report(Path(load_recipe(recipe.data).output_dir)),
+            results=results,
+            limit=recipe.eval.final_limit,
+            plots=[p.name for p in plots if p is not None],
+        )
         print(f"final checkpoint: {output.resolve()} (model card: {card.name})", flush=True)
     state.wait_for_everyone()
     return output
@@ -220,8 +255,16 @@ def finetune_lora(recipe: TrainRecipe) -> Path:
     set_seed(args.seed)
     base = AutoModelForCausalLM.from_pretrained(recipe.model.checkpoint, trust_remote_code=True)
     lora = recipe.lora
-    model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha,
-                                            lora_dropout=lora.dropout, target_modules=lora.target_modules))
+    model = get_peft_model(
+        base,
+        LoraConfig(
+            task_type="CAUSAL_LM",
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+        ),
+    )
     trainer = make_trainer(recipe, model, tokenizer, dataset, args, bf16, threads, state)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     output = Path(args.output_dir)

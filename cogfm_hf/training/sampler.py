@@ -33,17 +33,35 @@ PACINGS = ("uniform", "linear", "sqrt", "root", "step")
 
 
 class CurriculumSampler(Sampler[int]):
-    def __init__(self, difficulties: Sequence[float], samples_per_step: int, total_steps: int, seed: int = 0,
-                 pacing: str = "uniform", c0: float = 0.1, p: float = 2.0, stages: int = 4,
-                 pacing_fraction: float = 1.0, control: bool = False, anneal_fraction: float = 0.0,
-                 anneal_hard_fraction: float = 0.3, anneal_weight: float = 0.5):
+    def __init__(
+        self,
+        difficulties: Sequence[float],
+        samples_per_step: int,
+        total_steps: int,
+        seed: int = 0,
+        pacing: str = "uniform",
+        c0: float = 0.1,
+        p: float = 2.0,
+        stages: int = 4,
+        pacing_fraction: float = 1.0,
+        control: bool = False,
+        anneal_fraction: float = 0.0,
+        anneal_hard_fraction: float = 0.3,
+        anneal_weight: float = 0.5,
+    ):
         if pacing not in PACINGS:
             raise ValueError(f"curriculum.pacing must be one of {PACINGS}, got {pacing!r}")
         if not 0.0 < c0 <= 1.0:
             raise ValueError(f"curriculum.c0 must be in (0, 1], got {c0!r}")
-        if not 0.0 <= anneal_fraction < 1.0 or not 0.0 < anneal_hard_fraction <= 1.0 or not 0.0 <= anneal_weight <= 1.0:
-            raise ValueError("curriculum: anneal_fraction must be in [0, 1), anneal_hard_fraction in (0, 1], "
-                             "anneal_weight in [0, 1]")
+        if (
+            not 0.0 <= anneal_fraction < 1.0
+            or not 0.0 < anneal_hard_fraction <= 1.0
+            or not 0.0 <= anneal_weight <= 1.0
+        ):
+            raise ValueError(
+                "curriculum: anneal_fraction must be in [0, 1), anneal_hard_fraction in (0, 1], "
+                "anneal_weight in [0, 1]"
+            )
         if samples_per_step < 1 or total_steps < 1:
             raise ValueError(f"need samples_per_step >= 1 and total_steps >= 1, got {samples_per_step}, {total_steps}")
         self.difficulties = np.asarray(difficulties, dtype=np.float64)

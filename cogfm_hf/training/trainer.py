@@ -21,8 +21,10 @@ MAX_LOGGED_DIFFICULTY = 16
 def collate_packed(rows: list[dict]) -> dict[str, torch.Tensor]:
     """Packed rows (cogfm_hf.data.pack) -> tensors. No attention_mask goes to the model: restarting
     position_ids make transformers build a per-document causal mask."""
-    batch = {key: torch.tensor([row[key] for row in rows], dtype=torch.long)
-             for key in ("input_ids", "position_ids", "attention_mask", "error_mask", "task_ids", "difficulties")}
+    batch = {
+        key: torch.tensor([row[key] for row in rows], dtype=torch.long)
+        for key in ("input_ids", "position_ids", "attention_mask", "error_mask", "task_ids", "difficulties")
+    }
     batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     return batch
 
@@ -31,9 +33,18 @@ class CogFMTrainer(Trainer):
     # compute_loss divides by the weight of the whole optimizer step itself.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, curriculum: CurriculumConfig | None = None, loss_config: LossConfig | None = None,
-                 guard: GuardConfig | None = None, marker_id: int, newline_ids: list[int],
-                 flops_per_token: float | None = None, peak_flops: float | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        curriculum: CurriculumConfig | None = None,
+        loss_config: LossConfig | None = None,
+        guard: GuardConfig | None = None,
+        marker_id: int,
+        newline_ids: list[int],
+        flops_per_token: float | None = None,
+        peak_flops: float | None = None,
+        **kwargs,
+    ):
         kwargs.setdefault("data_collator", collate_packed)
         super().__init__(*args, **kwargs)
         self.curriculum = curriculum or CurriculumConfig()
@@ -55,16 +66,26 @@ class CogFMTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         args = self.args
         samples_per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
-        total_steps = args.max_steps if args.max_steps > 0 else \
-            math.ceil(len(dataset) * args.num_train_epochs / samples_per_step)
-        self.train_sampler = CurriculumSampler(dataset["difficulty"], samples_per_step, total_steps, seed=args.seed,
-                                               **asdict(self.curriculum))
+        total_steps = (
+            args.max_steps
+            if args.max_steps > 0
+            else math.ceil(len(dataset) * args.num_train_epochs / samples_per_step)
+        )
+        self.train_sampler = CurriculumSampler(
+            dataset["difficulty"], samples_per_step, total_steps, seed=args.seed, **asdict(self.curriculum)
+        )
         return self.train_sampler
 
     # -- loss -------------------------------------------------------------------------------------
     def _masks(self, batch: dict) -> dict[str, torch.Tensor]:
-        return token_weights(batch["input_ids"], batch["attention_mask"], batch["error_mask"], self.marker_id,
-                             self.newline_ids.to(batch["input_ids"].device), self.loss_config)
+        return token_weights(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["error_mask"],
+            self.marker_id,
+            self.newline_ids.to(batch["input_ids"].device),
+            self.loss_config,
+        )
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
         """The total loss weight of this optimizer step: all micro-batches, all ranks."""
@@ -90,8 +111,10 @@ class CogFMTrainer(Trainer):
     def _reset_log_sums(self):
         tasks, levels = len(TASK_VOCAB), MAX_LOGGED_DIFFICULTY + 1
         self._log_sums = {
-            "task_loss": torch.zeros(tasks, dtype=torch.float64), "task_tokens": torch.zeros(tasks, dtype=torch.float64),
-            "level_loss": torch.zeros(levels, dtype=torch.float64), "level_tokens": torch.zeros(levels, dtype=torch.float64),
+            "task_loss": torch.zeros(tasks, dtype=torch.float64),
+            "task_tokens": torch.zeros(tasks, dtype=torch.float64),
+            "level_loss": torch.zeros(levels, dtype=torch.float64),
+            "level_tokens": torch.zeros(levels, dtype=torch.float64),
             "terms": torch.zeros(5, dtype=torch.float64),  # ce, unlikelihood, z, error-token ce, error tokens
             "tokens": torch.zeros(1, dtype=torch.float64),
         }
@@ -108,9 +131,16 @@ class CogFMTrainer(Trainer):
             sums["level_loss"].index_add_(0, levels[valid], ce[valid])
             sums["level_tokens"].index_add_(0, levels[valid], torch.ones_like(ce[valid]))
             error = masks["error"].cpu()
-            sums["terms"] += torch.tensor([
-                (ce * valid).sum().item(), float(terms.get("unlikelihood", 0.0)), float(terms.get("z_loss", 0.0)),
-                ce[error].sum().item(), error.sum().item()], dtype=torch.float64)
+            sums["terms"] += torch.tensor(
+                [
+                    (ce * valid).sum().item(),
+                    float(terms.get("unlikelihood", 0.0)),
+                    float(terms.get("z_loss", 0.0)),
+                    ce[error].sum().item(),
+                    error.sum().item(),
+                ],
+                dtype=torch.float64,
+            )
             sums["tokens"] += valid.sum().item()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -121,10 +151,14 @@ class CogFMTrainer(Trainer):
             sums = {k: v.cpu() for k, v in sums.items()}
             for index, name in enumerate(TASK_VOCAB):
                 if sums["task_tokens"][index] > 0:
-                    logs[f"loss_task/{name}"] = round((sums["task_loss"][index] / sums["task_tokens"][index]).item(), 4)
+                    logs[f"loss_task/{name}"] = round(
+                        (sums["task_loss"][index] / sums["task_tokens"][index]).item(), 4
+                    )
             for level in range(MAX_LOGGED_DIFFICULTY + 1):
                 if sums["level_tokens"][level] > 0:
-                    logs[f"loss_difficulty/{level}"] = round((sums["level_loss"][level] / sums["level_tokens"][level]).item(), 4)
+                    logs[f"loss_difficulty/{level}"] = round(
+                        (sums["level_loss"][level] / sums["level_tokens"][level]).item(), 4
+                    )
             tokens = max(1.0, sums["tokens"].item())
             ce, unlikelihood, z, error_ce, error_tokens = sums["terms"].tolist()
             logs["loss_parts/cross_entropy"] = round(ce / tokens, 4)
@@ -140,7 +174,9 @@ class CogFMTrainer(Trainer):
                 tokens_per_second = tokens / (now - self._last_log_time)
                 logs["tokens_per_second"] = round(tokens_per_second, 1)
                 if self.flops_per_token and self.peak_flops:
-                    logs["mfu"] = round(self.flops_per_token * tokens_per_second / (self.peak_flops * self.args.world_size), 5)
+                    logs["mfu"] = round(
+                        self.flops_per_token * tokens_per_second / (self.peak_flops * self.args.world_size), 5
+                    )
             self._last_log_time = now
             if self.train_sampler is not None:
                 logs["curriculum/competence"] = round(self.train_sampler.competence(self.state.global_step), 4)
@@ -185,17 +221,25 @@ class CogFMTrainer(Trainer):
         if not self.guard.enabled:
             return False
         loss = torch.as_tensor(step_loss, dtype=torch.float64, device=self.args.device).reshape(1)
-        grads_finite = torch.tensor([all(torch.isfinite(p.grad).all() for p in self.model.parameters()
-                                         if p.grad is not None)], dtype=torch.float64, device=self.args.device)
+        grads_finite = torch.tensor(
+            [all(torch.isfinite(p.grad).all() for p in self.model.parameters() if p.grad is not None)],
+            dtype=torch.float64,
+            device=self.args.device,
+        )
         if self.args.world_size > 1:
             loss = self.accelerator.reduce(loss, reduction="mean")
-            grads_finite = self.accelerator.reduce(grads_finite, reduction="mean")  # < 1 if any rank saw a non-finite grad
+            grads_finite = self.accelerator.reduce(
+                grads_finite, reduction="mean"
+            )  # < 1 if any rank saw a non-finite grad
         loss_value = loss.item()
         reason = None
         if not math.isfinite(loss_value) or grads_finite.item() < 1:
             reason = "non-finite loss or gradient"
-        elif (self._loss_ema is not None and self.state.global_step >= self.guard.warmup_steps
-              and loss_value > self.guard.spike_factor * self._loss_ema):
+        elif (
+            self._loss_ema is not None
+            and self.state.global_step >= self.guard.warmup_steps
+            and loss_value > self.guard.spike_factor * self._loss_ema
+        ):
             reason = f"loss {loss_value:.3f} > {self.guard.spike_factor} x recent {self._loss_ema:.3f}"
         if reason:
             self.skipped_updates.append({"step": self.state.global_step + 1, "reason": reason})
