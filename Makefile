@@ -12,7 +12,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch==$(TORCH_VERSION),torch==$(TORCH_VERSION)+cpu)
 TORCH_INDEX_URL ?=
 
-.PHONY: setup train test test-all bench clean
+.PHONY: setup train test test-all lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,16 @@ test: setup
 # Also the long, opt-in tests (marker `slow`).
 test-all: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+# ruff (configured in pyproject.toml): lint rules and the formatter's verdict; CI runs this before the tests.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Rewrite the tree in the house format and apply ruff's safe fixes.
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 bench: setup
 	$(BIN)/python -m cogfm_hf.benchmarks.model_speed
