@@ -7,7 +7,7 @@ import pytest
 
 from cogfm_hf.tasks import BACK, TASKS, Mixture, add_retries, get_task, strip_retries
 from cogfm_hf.tasks.base import is_held_out
-from cogfm_hf.tasks.code_trace import ProgramTimeout, program_of, run_program
+from cogfm_hf.tasks.code import ProgramTimeout, program_of, run_program
 from cogfm_hf.tasks.export import DEFAULT_DIR, export, next_step_records, render, self_correction_records, stale_files
 
 TASK_NAMES = sorted(TASKS)

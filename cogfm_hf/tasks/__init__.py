@@ -9,13 +9,13 @@ from .answers import BACK
 from .arithmetic import AdditionTask, ArithmeticTask
 from .base import Example, ReasoningTask
 from .chains import ChainsTask
-from .code_trace import CodeTraceTask
+from .code import CodeTask
 from .logic import LogicTask
 from .mixture import Mixture, MixtureComponent
 from .retry import add_retries, strip_retries
 
 TASKS: dict[str, ReasoningTask] = {
-    task.name: task for task in (ChainsTask(), ArithmeticTask(), LogicTask(), CodeTraceTask(), AdditionTask())
+    task.name: task for task in (ChainsTask(), ArithmeticTask(), LogicTask(), CodeTask(), AdditionTask())
 }
 
 

@@ -217,7 +217,7 @@ class _Program:
         return current
 
 
-class CodeTraceTask(ReasoningTask):
+class CodeTask(ReasoningTask):
     name = "code"
     difficulty_knob = "statements"
     default_knobs = dict(statements=3, distractors=(0, 4), nesting=1, loop_count=3, max_prompt_chars=None)
