@@ -16,12 +16,12 @@ from cogfm_hf.data import RecipeError, build, load_packed, load_recipe, unpack_d
 from cogfm_hf.data.pack import TASK_VOCAB
 from cogfm_hf.data.pipeline import lsh_bands
 from cogfm_hf.data.tokenizer import RESERVED_TOKENS
+from cogfm_hf.paths import EVAL_DATA_DIR
 from cogfm_hf.tasks import BACK
-from cogfm_hf.tasks.export import DEFAULT_DIR
 
 from .corpus_factory import make_corpus
 
-EVAL_ITEM = json.loads((DEFAULT_DIR / "data" / "logic_depth4.jsonl").read_text().splitlines()[0])
+EVAL_ITEM = json.loads((EVAL_DATA_DIR / "logic_depth4.jsonl").read_text().splitlines()[0])
 
 
 def recipe_dict(root: Path, output: Path, **overrides) -> dict:

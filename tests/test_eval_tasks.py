@@ -16,16 +16,18 @@ from lm_eval.api.model import LM
 from lm_eval.tasks import TaskManager
 
 from cogfm_hf import CogFMForCausalLM
+from cogfm_hf.paths import EVAL_TASKS_DIR
 from cogfm_hf.tasks.answers import ANSWER_PREFIX, BACK
 from cogfm_hf.tasks.base import is_held_out
-from cogfm_hf.training.evaluation import EVAL_TASKS_DIR, scores
+from cogfm_hf.tasks.export import GENERATED
+from cogfm_hf.training.evaluation import scores
 
 from .conftest import PRETRAINED_EVAL, run_isolated_python
 
 # Every task file (group files list tasks; task files name one): the test tasks, and the dev sets beside them.
 ALL_TASK_NAMES = sorted(
     config["task"]
-    for config in map(lambda p: yaml.safe_load(p.read_text()), EVAL_TASKS_DIR.glob("cogfm_*.yaml"))
+    for config in map(lambda p: yaml.safe_load(p.read_text()), (EVAL_TASKS_DIR / GENERATED).glob("cogfm_*.yaml"))
     if isinstance(config.get("task"), str)
 )
 TASK_NAMES = [name for name in ALL_TASK_NAMES if not name.endswith("_dev")]
@@ -36,6 +38,28 @@ MANIFEST = json.loads((EVAL_TASKS_DIR / "data" / "manifest.json").read_text())
 @pytest.fixture(scope="module")
 def task_manager():
     return TaskManager(include_path=str(EVAL_TASKS_DIR))
+
+
+def test_eval_tasks_top_holds_the_hand_written_files_and_every_generated_yaml_is_in_generated():
+    top = {p.name for p in EVAL_TASKS_DIR.iterdir() if p.name != "__pycache__"}
+    assert top == {
+        "_generation_template_yaml",
+        "_next_step_template_yaml",
+        "_self_correction_template_yaml",
+        "utils.py",
+        "answers.py",
+        "metrics",
+        "data",
+        GENERATED,
+    }
+    generated = {p.relative_to(EVAL_TASKS_DIR).as_posix() for p in EVAL_TASKS_DIR.rglob("*cogfm_*.yaml")}
+    assert generated == {f"{GENERATED}/{p.name}" for p in (EVAL_TASKS_DIR / GENERATED).iterdir()}
+    assert len(generated) == len(ALL_TASK_NAMES) + 5 * 3 + 3  # task files; groups: per task, id, ood; 3 more
+    # lm-eval resolves an include against the including file's folder: the templates are one level up.
+    includes = {yaml.safe_load((EVAL_TASKS_DIR / p).read_text()).get("include") for p in generated}
+    assert includes == {None} | {
+        f"../_{kind}_template_yaml" for kind in ("generation", "next_step", "self_correction")
+    }
 
 
 def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):

@@ -5,10 +5,11 @@ import sys
 
 import pytest
 
+from cogfm_hf.paths import EVAL_TASKS_DIR
 from cogfm_hf.tasks import BACK, TASKS, Mixture, add_retries, get_task, strip_retries
 from cogfm_hf.tasks.base import is_held_out
 from cogfm_hf.tasks.code import ProgramTimeout, program_of, run_program
-from cogfm_hf.tasks.export import DEFAULT_DIR, export, next_step_records, render, self_correction_records, stale_files
+from cogfm_hf.tasks.export import export, next_step_records, render, self_correction_records, stale_files
 
 TASK_NAMES = sorted(TASKS)
 
@@ -244,7 +245,7 @@ def test_mixture_config_errors_name_the_component():
 
 def test_exported_test_sets_are_reproducible_and_committed_up_to_date():
     assert render(TASKS, 5) == render(TASKS, 5)
-    assert stale_files(DEFAULT_DIR, TASKS, 200) == [], "run `python -m cogfm_hf.tasks export` and commit"
+    assert stale_files(EVAL_TASKS_DIR, TASKS, 200) == [], "run `python -m cogfm_hf.tasks export` and commit"
 
 
 def test_self_correction_items_pair_a_planted_mistake_with_the_true_next_step():
@@ -279,8 +280,19 @@ def test_next_step_items_offer_the_true_step_among_one_digit_variants():
 def test_stale_files_reports_edits_and_leftovers(tmp_path):
     export(tmp_path, TASKS, 3)
     assert stale_files(tmp_path, TASKS, 3) == []
-    (tmp_path / "cogfm_chains_op2.yaml").write_text("task: edited\n")
+    (tmp_path / "generated" / "cogfm_chains_op2.yaml").write_text("task: edited\n")
     (tmp_path / "data" / "chains_op99.jsonl").write_text("{}\n")
-    assert stale_files(tmp_path, TASKS, 3) == ["cogfm_chains_op2.yaml", "data/chains_op99.jsonl"]
+    assert stale_files(tmp_path, TASKS, 3) == ["generated/cogfm_chains_op2.yaml", "data/chains_op99.jsonl"]
     export(tmp_path, TASKS, 3)  # re-exporting repairs the edit and removes the leftover
     assert stale_files(tmp_path, TASKS, 3) == [] and not (tmp_path / "data" / "chains_op99.jsonl").exists()
+
+
+def test_reexport_removes_task_yamls_left_at_the_old_top_level(tmp_path):
+    """Exports before `generated/` wrote the task and group YAMLs at the top of eval_tasks/: lm-eval would find
+    each task twice, so they count as leftovers."""
+    export(tmp_path, TASKS, 3)
+    for name in ("cogfm_chains_op2.yaml", "_cogfm_chains.yaml"):
+        (tmp_path / name).write_bytes((tmp_path / "generated" / name).read_bytes())
+    assert stale_files(tmp_path, TASKS, 3) == ["_cogfm_chains.yaml", "cogfm_chains_op2.yaml"]
+    export(tmp_path, TASKS, 3)
+    assert stale_files(tmp_path, TASKS, 3) == [] and not list(tmp_path.glob("*.yaml"))

@@ -39,6 +39,7 @@ from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.hashing import HashConfig
 from tqdm import tqdm
 
+from ..paths import EVAL_DATA_DIR
 from .filters import PROSE_FILTERS, CodeQualityFilter, Decontaminate, KindFilter, LengthFilter, TextNormalizer
 from .pack import PackTokens
 from .recipe import DataRecipe
@@ -96,7 +97,7 @@ def corpus_dir(recipe: DataRecipe, work: Path) -> Path:
 def pipelines(recipe: DataRecipe, work: Path) -> dict[str, tuple[list, int]]:
     """Every stage's datatrove step list and its task count, in run order. Any datatrove executor runs these."""
     tasks = recipe.workers
-    eval_dir = recipe.decontamination.eval_dir or str(_default_eval_dir())
+    eval_dir = recipe.decontamination.eval_dir or str(EVAL_DATA_DIR)
     curate = [
         SourcesReader(recipe.sources, recipe.clean, str(work / "skips")),
         TextNormalizer(recipe.clean.normalization),
@@ -184,12 +185,6 @@ def pipelines(recipe: DataRecipe, work: Path) -> dict[str, tuple[list, int]]:
         tasks,
     )
     return stages
-
-
-def _default_eval_dir() -> Path:
-    from ..tasks.export import DEFAULT_DIR
-
-    return DEFAULT_DIR / "data"
 
 
 def run_stage(name: str, steps: list, tasks: int, workers: int, work: Path) -> None:

@@ -7,8 +7,9 @@ import random
 import sys
 from pathlib import Path
 
+from ..paths import EVAL_TASKS_DIR
 from . import TASKS, add_retries, get_task
-from .export import DEFAULT_DIR, export, stale_files
+from .export import export, stale_files
 
 
 def parse_knob(text: str):
@@ -25,7 +26,7 @@ def main(argv=None):
     export_parser = commands.add_parser(
         "export", help="write the fixed held-out test sets and lm-eval tasks in eval_tasks/"
     )
-    export_parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
+    export_parser.add_argument("--out", type=Path, default=EVAL_TASKS_DIR)
     export_parser.add_argument("--per-set", type=int, default=200, help="items per test set")
     export_parser.add_argument("--check", action="store_true", help="only check that the files are up to date")
     sample_parser = commands.add_parser("sample", help="print generated examples")

@@ -13,9 +13,11 @@ Every item comes from a held-out template, drawn from a seed derived from (EXPOR
 - next-step, for tasks whose steps end in a numeric result: the problem and the solution so far; the
   choices are the true next step and copies with the result wrong in one digit (log-likelihood).
 
-Beside `data/*.jsonl` and `data/manifest.json` the export writes one task YAML per set, the group
-YAMLs (`cogfm_reasoning` with a subgroup per task) and a copy of `answers.py`, the answer reading the
-tasks share with `cogfm_hf`. Everything is byte-for-byte reproducible; `stale_files` lists what differs.
+Beside `data/*.jsonl` and `data/manifest.json` the export writes a copy of `answers.py`, the answer reading the
+tasks share with `cogfm_hf`, and in `generated/` one task YAML per set and the group YAMLs (`cogfm_reasoning` with
+a subgroup per task). The hand-written files stay at the top of `eval_tasks/`: the templates the task YAMLs include
+(`include: ../_generation_template_yaml`), `utils.py` (which reads `data/` and `answers.py` beside itself) and
+`metrics/`. Everything is byte-for-byte reproducible; `stale_files` lists what differs.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from .base import HELD_OUT_FRACTION, seeded_rng
 
 # Bump whenever a generator, a bucket, a record field or the held-out split changes: results name it.
 EXPORT_VERSION = "v3"
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "eval_tasks"
+# The task and group YAMLs go into this subfolder of the export directory; lm-eval finds them there, as
+# `--include_path` is searched recursively (`**/*.yaml`), and resolves their `include:` against the folder
+# they sit in: hence `../` before the name of a template.
+GENERATED = "generated"
 NEXT_STEP_DISTRACTORS = 3
 _HEADER = (
     f"# Written by `python -m cogfm_hf.tasks export` ({EXPORT_VERSION}) from the generators in cogfm_hf/tasks:\n"
@@ -163,7 +168,7 @@ def _dump(config: dict) -> bytes:
 
 
 def _task_yaml(template: str, name: str, test_set: str, extra: dict) -> bytes:
-    config = {"include": template, "task": name, "dataset_kwargs": {"test_set": test_set}, **extra}
+    config = {"include": f"../{template}", "task": name, "dataset_kwargs": {"test_set": test_set}, **extra}
     return _dump(config)
 
 
@@ -205,7 +210,7 @@ def render(tasks: dict, per_set: int) -> dict[str, bytes]:
         for bucket, (kind, _) in task.buckets.items():
             test_set, records = f"{task.name}_{bucket}", generation_records(task, bucket, per_set)
             add_set(test_set, task, bucket, kind, records)
-            files[f"cogfm_{test_set}.yaml"] = _task_yaml(
+            files[f"{GENERATED}/cogfm_{test_set}.yaml"] = _task_yaml(
                 "_generation_template_yaml",
                 f"cogfm_{test_set}",
                 test_set,
@@ -214,17 +219,17 @@ def render(tasks: dict, per_set: int) -> dict[str, bytes]:
             by_kind[kind].append(f"cogfm_{test_set}")
             dev_set, records = f"{test_set}_dev", generation_records(task, bucket, max(1, per_set // 2), dev=True)
             add_set(dev_set, task, bucket, kind, records, split="dev")
-            files[f"cogfm_{dev_set}.yaml"] = _task_yaml(
+            files[f"{GENERATED}/cogfm_{dev_set}.yaml"] = _task_yaml(
                 "_generation_template_yaml",
                 f"cogfm_{dev_set}",
                 dev_set,
                 {"tag": ["cogfm_dev"], **_generation_kwargs(records)},
             )
         for kind, names in by_kind.items():
-            files[f"_cogfm_{task.name}_{kind}.yaml"] = _dump(
+            files[f"{GENERATED}/_cogfm_{task.name}_{kind}.yaml"] = _dump(
                 _group(f"cogfm_{task.name}_{kind}", names, ["exact_match"], "extract_answer")
             )
-        files[f"_cogfm_{task.name}.yaml"] = _dump(
+        files[f"{GENERATED}/_cogfm_{task.name}.yaml"] = _dump(
             _group(
                 f"cogfm_{task.name}", [f"cogfm_{task.name}_{k}" for k in by_kind], ["exact_match"], "extract_answer"
             )
@@ -233,7 +238,7 @@ def render(tasks: dict, per_set: int) -> dict[str, bytes]:
 
         test_set, records = f"{task.name}_self_correction", self_correction_records(task, per_set)
         add_set(test_set, task, "self_correction", "id", records)
-        files[f"cogfm_{test_set}.yaml"] = _task_yaml(
+        files[f"{GENERATED}/cogfm_{test_set}.yaml"] = _task_yaml(
             "_self_correction_template_yaml", f"cogfm_{test_set}", test_set, _generation_kwargs(records)
         )
         self_correction.append(f"cogfm_{test_set}")
@@ -242,10 +247,12 @@ def render(tasks: dict, per_set: int) -> dict[str, bytes]:
         if records is not None:
             test_set = f"{task.name}_next_step"
             add_set(test_set, task, "next_step", "id", records)
-            files[f"cogfm_{test_set}.yaml"] = _task_yaml("_next_step_template_yaml", f"cogfm_{test_set}", test_set, {})
+            files[f"{GENERATED}/cogfm_{test_set}.yaml"] = _task_yaml(
+                "_next_step_template_yaml", f"cogfm_{test_set}", test_set, {}
+            )
             next_step.append(f"cogfm_{test_set}")
 
-    files["_cogfm_self_correction.yaml"] = _dump(
+    files[f"{GENERATED}/_cogfm_self_correction.yaml"] = _dump(
         _group(
             "cogfm_self_correction",
             self_correction,
@@ -253,19 +260,21 @@ def render(tasks: dict, per_set: int) -> dict[str, bytes]:
             "none",
         )
     )
-    files["_cogfm_next_step.yaml"] = _dump(_group("cogfm_next_step", next_step, ["acc"], "none"))
+    files[f"{GENERATED}/_cogfm_next_step.yaml"] = _dump(_group("cogfm_next_step", next_step, ["acc"], "none"))
     # The headline number: exact match over every generation task (the other subgroups have their own metrics).
     top = _group(
         "cogfm_reasoning", subgroups + ["cogfm_self_correction", "cogfm_next_step"], ["exact_match"], "extract_answer"
     )
-    files["cogfm_reasoning.yaml"] = _dump({**top, "metadata": {"version": EXPORT_VERSION}})
+    files[f"{GENERATED}/cogfm_reasoning.yaml"] = _dump({**top, "metadata": {"version": EXPORT_VERSION}})
     files["answers.py"] = Path(answers.__file__).read_bytes()
     files["data/manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     return files
 
 
 def _generated_on_disk(out_dir: Path) -> set[str]:
-    patterns = ("data/*.jsonl", "data/manifest.json", "cogfm_*.yaml", "_cogfm_*.yaml", "answers.py")
+    # Also the YAMLs at the top of `out_dir`, where exports before `generated/` wrote them: leftovers now.
+    yamls = ("cogfm_*.yaml", "_cogfm_*.yaml")
+    patterns = ("data/*.jsonl", "data/manifest.json", "answers.py", *yamls, *(f"{GENERATED}/{y}" for y in yamls))
     return {str(p.relative_to(out_dir)) for pattern in patterns for p in out_dir.glob(pattern)}
 
 
