@@ -14,7 +14,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 from cogfm_hf import CogFMConfig  # noqa: E402  (after the offline switches)
 from cogfm_hf.data import build, load_recipe  # noqa: E402
-from cogfm_hf.training.recipe import recipe_from_dict  # noqa: E402
+from cogfm_hf.training.recipe import TrainRecipe  # noqa: E402
 from cogfm_hf.training.run import pretrain  # noqa: E402
 
 # The `pretrained` run's evaluation: every task of the group, a few items each, so a test can re-run it with the CLI.
@@ -136,5 +136,5 @@ def pretrained(data_dir, tmp_path_factory):
     output = tmp_path_factory.mktemp("run") / "out"
     recipe = tiny_recipe(data_dir, output)
     recipe["eval"] = PRETRAINED_EVAL
-    pretrain(recipe_from_dict(recipe))
+    pretrain(TrainRecipe.from_dict(recipe))
     return output

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import yaml
 
-from cogfm_hf.data.recipe import RecipeError
-from cogfm_hf.training.ablation import REPO, arm_recipe, load_ablation, merged_changes
-from cogfm_hf.training.ablation import main as ablate_main
-from cogfm_hf.training.ablation_report import markdown, paired_bootstrap, summarise, tokens_to_target
+from cogfm_hf.config import RecipeError
+from cogfm_hf.experiments.ablation import arm_recipe, load_ablation, merged_changes
+from cogfm_hf.experiments.ablation import main as ablate_main
+from cogfm_hf.experiments.ablation_report import markdown, paired_bootstrap, summarise, tokens_to_target
+from cogfm_hf.paths import REPOSITORY
 
 from .conftest import tiny_recipe, write_recipe
 
-ABLATION_RECIPE = REPO / "training" / "recipes" / "ablation.yaml"
+ABLATION_RECIPE = REPOSITORY / "training" / "recipes" / "ablation.yaml"
 # What each kind of change may touch in a resolved training recipe; `output_dir`s and the seed always differ.
 ALWAYS = {"training.output_dir", "training.seed", "data.output_dir"}
 
@@ -258,7 +259,7 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
     write_recipe(tmp_path / "ablation.yaml", ablation)
 
     result = subprocess.run(
-        [sys.executable, str(REPO / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"), "--quick"],
+        [sys.executable, str(REPOSITORY / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"), "--quick"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -322,7 +323,7 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
 
     # Resumable: a second call finds every run complete and only rewrites the report.
     again = subprocess.run(
-        [sys.executable, str(REPO / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"), "--quick"],
+        [sys.executable, str(REPOSITORY / "training" / "ablate.py"), str(tmp_path / "ablation.yaml"), "--quick"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

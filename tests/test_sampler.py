@@ -3,14 +3,13 @@ import pytest
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler
 
-from cogfm_hf.training import CurriculumSampler
+from cogfm_hf.training import CurriculumConfig, CurriculumSampler
 
 DIFFICULTIES = np.repeat(np.arange(1, 11), 100)  # 1,000 examples, difficulty 1..10, 100 of each
 
 
-def sampler(**kwargs):
-    defaults = dict(difficulties=DIFFICULTIES, samples_per_step=20, total_steps=100, seed=0)
-    return CurriculumSampler(**{**defaults, **kwargs})
+def sampler(difficulties=DIFFICULTIES, samples_per_step=20, total_steps=100, seed=0, **curriculum):
+    return CurriculumSampler(difficulties, samples_per_step, total_steps, CurriculumConfig(**curriculum), seed=seed)
 
 
 def global_sequence(s, epochs=2):
@@ -67,7 +66,7 @@ def test_pacing_formulas():
 def test_a_large_tie_group_at_the_bottom_is_eligible_from_the_start():
     # A third of the data at difficulty 0 (corpus text): all of it is in the first pool, not a fallback.
     difficulties = np.concatenate([np.zeros(330), np.repeat(np.arange(1, 9), 84)])
-    s = CurriculumSampler(difficulties, samples_per_step=8, total_steps=100, pacing="sqrt", c0=0.2)
+    s = sampler(difficulties, samples_per_step=8, total_steps=100, pacing="sqrt", c0=0.2)
     assert s.pool_size(0) == 330
     s.set_epoch(0)
     assert len(set(list(s)[:80])) > 60  # the first ten steps draw from all of it

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
 from cogfm_hf import CogFMForCausalLM
 from cogfm_hf.data import load_packed
 from cogfm_hf.training import CogFMTrainer
-from cogfm_hf.training.recipe import recipe_from_dict
+from cogfm_hf.training.recipe import TrainRecipe
 from cogfm_hf.training.run import build_model, finetune_lora, newline_token_ids
 
 from .conftest import run_isolated_python, tiny_recipe, write_recipe
@@ -79,7 +79,7 @@ def test_pretraining_loss_falls_and_every_checkpoint_is_hub_ready(pretrained, tm
 def _trainer(data_dir, output, callbacks=(), **arguments):
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
     dataset = load_packed(data_dir / "packed")
-    recipe = recipe_from_dict(tiny_recipe(data_dir, output))
+    recipe = TrainRecipe.from_dict(tiny_recipe(data_dir, output))
     torch.manual_seed(0)
     model = build_model(recipe, tokenizer, 64)
     defaults = dict(
@@ -309,7 +309,7 @@ def test_finetune_lora_trains_only_adapters_and_exports_a_merged_checkpoint(pret
     recipe["model"] = {"checkpoint": str(pretrained)}
     recipe["lora"] = {"r": 4, "alpha": 8, "merged_output_dir": str(tmp_path / "merged")}
     base_weights = load_file(pretrained / "model.safetensors")
-    finetune_lora(recipe_from_dict(recipe))
+    finetune_lora(TrainRecipe.from_dict(recipe))
 
     adapter = tmp_path / "adapter"
     assert (adapter / "adapter_model.safetensors").exists()

@@ -8,7 +8,9 @@ python training/ablate.py --report-only         # rewrite the report from the co
 python training/ablate.py RECIPE.yaml --max_steps 8 --output_dir /tmp/abl   # base-recipe overrides
 """
 
-from cogfm_hf.training.ablation import main
+from pathlib import Path
+
+from cogfm_hf.experiments.ablation import main
 
 if __name__ == "__main__":
-    main()
+    main(default_recipe=Path(__file__).parent / "recipes" / "ablation.yaml")

@@ -10,7 +10,7 @@ Hub-ready CogFM checkpoint.
 
 from pathlib import Path
 
-from cogfm_hf.training.run import finetune_lora, main
+from cogfm_hf.training.run import main
 
 if __name__ == "__main__":
-    main(run=finetune_lora, default_recipe=Path(__file__).parent / "recipes" / "lora-tiny.yaml")
+    main("finetune_lora", default_recipe=Path(__file__).parent / "recipes" / "lora-tiny.yaml")

@@ -3,9 +3,10 @@
 python -m cogfm_hf.data build RECIPE.yaml     # RECIPE: a data recipe, or a training recipe's `data:` section
 """
 
+from ..config import RecipeError
 from .pack import TASK_VOCAB, load_packed, unpack_documents
 from .pipeline import build as _build_recipe
-from .recipe import DataRecipe, RecipeError, load_recipe
+from .recipe import DataRecipe, load_recipe
 
 __all__ = ["DataRecipe", "RecipeError", "load_recipe", "load_packed", "unpack_documents", "TASK_VOCAB", "build"]
 

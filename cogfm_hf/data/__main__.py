@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from .recipe import RecipeError, load_recipe
+from ..config import RecipeError
+from .recipe import load_recipe
 
 
 def main(argv=None):

@@ -15,7 +15,6 @@ Output:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import random
@@ -286,7 +285,7 @@ def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) 
         )
     work = work_dir(recipe)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2))
+    (work / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
 
     stages = pipelines(recipe, work)
     # A recipe may have no corpus or no task source; readers treat an empty folder as "nothing here".
@@ -314,7 +313,7 @@ def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) 
     files = sorted(p for p in final.rglob("*") if p.is_file())
     manifest = {
         "fingerprint": fingerprint,
-        "recipe": dataclasses.asdict(recipe),
+        "recipe": recipe.to_dict(),
         "counts": report["totals"],
         "files": {str(p.relative_to(final)): _sha256(p) for p in files},
     }

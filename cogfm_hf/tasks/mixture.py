@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset, Features, Sequence, Value
 
+from ..config import Config
 from .base import Example, seeded_rng
 from .retry import add_retries, check_retry
 
 
 @dataclass
-class MixtureComponent:
+class MixtureComponent(Config):
     """One generator in the mixture. `difficulty` (int or (low, high)) sets the task's difficulty knob
-    and defaults to the task's training range; `knobs` sets any other knob."""
+    and defaults to the task's training range; `knobs` sets any other knob. What depends on the task (its knobs,
+    their ranges) is checked by `Mixture`, which knows the task registry."""
 
     task: str
     weight: float = 1.0
@@ -56,10 +58,7 @@ class Mixture:
         self._resolved = []
         for index, component in enumerate(components):
             if isinstance(component, dict):
-                unknown = set(component) - set(MixtureComponent.__dataclass_fields__)
-                if unknown:
-                    raise ValueError(f"mixture component {index}: unknown field(s) {sorted(unknown)}")
-                component = MixtureComponent(**component)
+                component = MixtureComponent.from_dict(component, f"mixture component {index}")
             where = f"mixture component {index} ({component.task})"
             try:
                 task = get_task(component.task)

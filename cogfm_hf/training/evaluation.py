@@ -1,5 +1,6 @@
-"""Evaluation during training: the same lm-evaluation-harness tasks as `lm_eval --include_path eval_tasks`,
-run on the live model.
+"""Evaluation: the lm-evaluation-harness tasks of `eval_tasks/`, run the one way the library runs lm-eval
+(`run_lm_eval`): on a live model during training, or on a saved checkpoint loaded as the `lm_eval --model hf`
+CLI loads it.
 
 `LMEvalCallback` evaluates before the first step, every `eval.every_steps` optimizer steps and after the
 last one, and logs through the Trainer, so the scores sit next to the loss (console, trainer_state.json,
@@ -16,15 +17,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
+import torch
 from transformers import TrainerCallback
 
-EVAL_TASKS_DIR = Path(__file__).resolve().parents[2] / "eval_tasks"
-DIFFICULTY_METRIC_DIR = EVAL_TASKS_DIR / "metrics" / "exact_match_by_difficulty"
+from ..config import Config
+from ..paths import DIFFICULTY_METRIC_DIR, EVAL_TASKS_DIR
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Config):
+    section: ClassVar[str] = "eval"
+
     tasks: list[str] = field(default_factory=lambda: ["cogfm_reasoning"])  # lm-eval task / group names
     every_steps: int = 0  # in-loop cadence in optimizer steps; 0: only before and after training
     limit: int | None = 20  # items per task in-loop (None: all)
@@ -33,38 +38,53 @@ class EvalConfig:
     include_path: str | None = None  # lm-eval task folder; default: this repository's eval_tasks/
     enabled: bool = True
 
-    def __post_init__(self):
-        if isinstance(self.tasks, str):
-            self.tasks = [self.tasks]
-        if not self.tasks or not all(isinstance(t, str) and t for t in self.tasks):
-            raise ValueError(f"tasks must be a non-empty list of lm-eval task names, got {self.tasks!r}")
+    def validate(self) -> None:
+        if not self.tasks or not all(self.tasks):
+            raise self.invalid("tasks", f"must be a non-empty list of lm-eval task names, got {self.tasks!r}")
         for name in ("limit", "final_limit"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
-        if not isinstance(self.every_steps, int) or self.every_steps < 0:
-            raise ValueError(f"every_steps must be an integer >= 0, got {self.every_steps!r}")
+            if value is not None and value < 1:
+                raise self.invalid(name, f"must be a positive integer or null, got {value!r}")
+        if self.every_steps < 0:
+            raise self.invalid("every_steps", f"must be an integer >= 0, got {self.every_steps!r}")
+        if self.batch_size < 1:
+            raise self.invalid("batch_size", f"must be >= 1, got {self.batch_size!r}")
 
 
 def run_lm_eval(
-    model, tokenizer, tasks: list[str], limit: int | None, batch_size: int, include_path: str | None = None
+    model: torch.nn.Module | str | Path,
+    tasks: list[str],
+    *,
+    limit: int | None,
+    batch_size: int,
+    tokenizer=None,
+    include_path: str | None = None,
 ) -> dict:
-    """lm-eval's results (with per-item samples) for a live model, left in the train/eval mode it was in."""
+    """lm-eval's results, with per-item samples. `model` is a live model (with its `tokenizer`; left in the
+    train/eval mode it was in) or a checkpoint directory, loaded the way `lm_eval --model hf
+    --model_args pretrained=DIR,trust_remote_code=True` loads it (fp32, on the CPU)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    manager = TaskManager(include_path=include_path or str(EVAL_TASKS_DIR))
+    if not isinstance(model, torch.nn.Module):
+        model_args = {"pretrained": str(model), "trust_remote_code": True, "dtype": "float32"}
+        return simple_evaluate(
+            model="hf",
+            model_args=model_args,
+            tasks=list(tasks),
+            task_manager=manager,
+            limit=limit,
+            batch_size=batch_size,
+            device="cpu",
+            log_samples=True,
+        )
     was_training = model.training
     try:
         model.eval()
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        return simple_evaluate(
-            model=lm,
-            tasks=list(tasks),
-            limit=limit,
-            log_samples=True,
-            task_manager=TaskManager(include_path=include_path or str(EVAL_TASKS_DIR)),
-        )
+        return simple_evaluate(model=lm, tasks=list(tasks), limit=limit, log_samples=True, task_manager=manager)
     finally:
         model.train(was_training)
 
@@ -119,7 +139,12 @@ class LMEvalCallback(TrainerCallback):
             return None
         start = time.perf_counter()
         results = run_lm_eval(
-            model, tokenizer, self.config.tasks, limit, self.config.batch_size, self.config.include_path
+            model,
+            self.config.tasks,
+            limit=limit,
+            batch_size=self.config.batch_size,
+            tokenizer=tokenizer,
+            include_path=self.config.include_path,
         )
         logs = {f"eval/{key}": round(value, 4) for key, value in scores(results).items()}
         for task, by_difficulty in accuracy_by_difficulty(results).items():

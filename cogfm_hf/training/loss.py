@@ -15,23 +15,28 @@ Everything is returned as sums; the trainer divides by the total weight of the w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from ..config import Config
+
 
 @dataclass
-class LossConfig:
+class LossConfig(Config):
+    section: ClassVar[str] = "loss"
+
     error_weight: float = 1.0
     marker_weight: float = 1.0
     correction_weight: float = 1.0
     unlikelihood: float = 0.0
     z_loss: float = 0.0
 
-    def __post_init__(self):
+    def validate(self) -> None:
         for name in ("error_weight", "marker_weight", "correction_weight", "unlikelihood", "z_loss"):
             if getattr(self, name) < 0:
-                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)!r}")
+                raise self.invalid(name, f"must be >= 0, got {getattr(self, name)!r}")
 
 
 def token_weights(

@@ -31,7 +31,7 @@ def plot_losses(log_history: list[dict], path: Path, title: str = "") -> Path:
     return Path(path)
 
 
-def plot_accuracy_by_difficulty(
+def plot_eval_history_by_difficulty(
     log_history: list[dict], path: Path, training_top: dict[str, int], title: str = ""
 ) -> Path | None:
     """Generation accuracy against difficulty, one panel per task and one line per in-loop evaluation

@@ -3,7 +3,7 @@
     model:      preset name + config overrides
     data:       a data recipe (cogfm_hf.data.recipe), built on first use
     training:   transformers TrainingArguments fields (output_dir, max_steps, learning_rate, seed, ...)
-    curriculum: CurriculumSampler arguments          loss: LossConfig
+    curriculum: CurriculumSampler settings           loss: LossConfig
     guard:      skipped-update guard                 eval: lm-eval tasks in the loop and at the end
     lora:       peft LoRA settings (training/finetune_lora.py)
     peak_tflops: the peak MFU is measured against (null: the GPU's datasheet value, or a measured CPU GEMM)
@@ -11,56 +11,106 @@
 
 Overrides: `--max_steps 50 --seed 3` set TrainingArguments fields; `--curriculum.pacing sqrt` and
 `--data.output_dir DIR` set a field of a section. Values are parsed as YAML (`--bf16 true`, `--lr 3e-4`).
+Every section is a `cogfm_hf.config.Config`: unknown keys, wrong types and impossible values fail before any work.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
-import yaml
 from transformers import TrainingArguments
 
-from ..data.recipe import RecipeError
+from ..config import Config, convert
+from ..data.recipe import DataRecipe
+from ..modeling.configuration_cogfm import PRESETS, CogFMConfig
 from .evaluation import EvalConfig
 from .loss import LossConfig
 
-TRAINING_ARGUMENT_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
+PACINGS = ("uniform", "linear", "sqrt", "root", "step")
 
 
 @dataclass
-class CurriculumConfig:
-    pacing: str = "uniform"
-    c0: float = 0.1
-    p: float = 2.0
-    stages: int = 4
-    pacing_fraction: float = 1.0
-    control: bool = False
-    anneal_fraction: float = 0.0
-    anneal_hard_fraction: float = 0.3
-    anneal_weight: float = 0.5
+class CurriculumConfig(Config):
+    """Which sequences the CurriculumSampler draws at which step (see cogfm_hf.training.sampler)."""
+
+    section: ClassVar[str] = "curriculum"
+
+    pacing: str = "uniform"  # one of PACINGS
+    c0: float = 0.1  # competence at step 0: the share of the data (by difficulty rank) drawn from at first
+    p: float = 2.0  # the root of `root` pacing
+    stages: int = 4  # steps of `step` pacing
+    pacing_fraction: float = 1.0  # the share of training over which competence grows to 1
+    control: bool = False  # the random-order control: the same growing pool, of random sequences
+    anneal_fraction: float = 0.0  # the final share of training that up-weights the hardest sequences
+    anneal_hard_fraction: float = 0.3  # what "hardest" means: this share of the data
+    anneal_weight: float = 0.5  # the probability that a draw in the anneal comes from the hardest
+
+    def validate(self) -> None:
+        if self.pacing not in PACINGS:
+            raise self.invalid("pacing", f"must be one of {PACINGS}, got {self.pacing!r}")
+        if not 0.0 < self.c0 <= 1.0:
+            raise self.invalid("c0", f"must be in (0, 1], got {self.c0!r}")
+        if self.p <= 0:
+            raise self.invalid("p", f"must be > 0, got {self.p!r}")
+        if self.stages < 1:
+            raise self.invalid("stages", f"must be >= 1, got {self.stages!r}")
+        if not 0.0 < self.pacing_fraction <= 1.0:
+            raise self.invalid("pacing_fraction", f"must be in (0, 1], got {self.pacing_fraction!r}")
+        if not 0.0 <= self.anneal_fraction < 1.0:
+            raise self.invalid("anneal_fraction", f"must be in [0, 1), got {self.anneal_fraction!r}")
+        if not 0.0 < self.anneal_hard_fraction <= 1.0:
+            raise self.invalid("anneal_hard_fraction", f"must be in (0, 1], got {self.anneal_hard_fraction!r}")
+        if not 0.0 <= self.anneal_weight <= 1.0:
+            raise self.invalid("anneal_weight", f"must be in [0, 1], got {self.anneal_weight!r}")
 
 
 @dataclass
-class GuardConfig:
+class GuardConfig(Config):
+    """When the update guard (cogfm_hf.training.guard) skips an optimizer step."""
+
+    section: ClassVar[str] = "guard"
+
     enabled: bool = True
     spike_factor: float = 3.0  # skip an update whose loss exceeds this multiple of the recent average
     warmup_steps: int = 20  # steps before spikes are judged (the loss falls fast at the start)
-    ema_decay: float = 0.9
+    ema_decay: float = 0.9  # how fast the recent average forgets
+
+    def validate(self) -> None:
+        if self.spike_factor <= 1.0:
+            raise self.invalid("spike_factor", f"must be > 1 (a multiple of the recent loss), got {self.spike_factor}")
+        if self.warmup_steps < 0:
+            raise self.invalid("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise self.invalid("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Config):
+    section: ClassVar[str] = "model"
+
     preset: str = "cogfm-tiny"
-    overrides: dict = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # CogFMConfig fields
     checkpoint: str | None = None  # fine-tuning: start from this checkpoint instead of a fresh preset
 
+    def validate(self) -> None:
+        if self.preset not in PRESETS:
+            raise self.invalid("preset", f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        known = {f.name for f in dataclasses.fields(CogFMConfig)}
+        unknown = sorted(set(self.overrides) - known)
+        if unknown:
+            raise self.invalid("overrides", f"unknown CogFMConfig field(s) {unknown}; known: {sorted(known)}")
+
 
 @dataclass
-class LoraSection:
+class LoraSection(Config):
     """peft LoRA settings for training/finetune_lora.py; target_modules null = peft's default for cogfm."""
+
+    section: ClassVar[str] = "lora"
 
     r: int = 8
     alpha: int = 16
@@ -68,11 +118,21 @@ class LoraSection:
     target_modules: list[str] | None = None
     merged_output_dir: str | None = None  # also export base + adapter merged as a Hub-ready checkpoint
 
+    def validate(self) -> None:
+        if self.r < 1:
+            raise self.invalid("r", f"must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise self.invalid("alpha", f"must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise self.invalid("dropout", f"must be in [0, 1), got {self.dropout}")
+
 
 @dataclass
-class TrainRecipe:
-    data: dict
-    training: dict
+class TrainRecipe(Config):
+    data: DataRecipe
+    # transformers.TrainingArguments fields, passed to it as given (checked against its field names and types);
+    # `bf16: auto` (the default) means bf16 autocast where the hardware does bf16 matmuls natively.
+    training: dict[str, Any]
     model: ModelConfig = field(default_factory=ModelConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -82,103 +142,45 @@ class TrainRecipe:
     peak_tflops: float | None = None
     cpu_threads: int | None = None
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def validate(self) -> None:
+        hints = _training_argument_types()
+        for name, value in self.training.items():
+            if name not in hints:
+                raise self.invalid(
+                    f"training.{name}", "not a transformers.TrainingArguments field (check its spelling)"
+                )
+            if name == "bf16" and value == "auto":
+                continue
+            checked = convert(value, hints[name], f"training.{name}")
+            # TrainingArguments gets the value as given (an int warmup_steps stays an int), except a number that
+            # YAML 1.1 read as a string (5e-4, without a dot).
+            if isinstance(value, str) and isinstance(checked, float):
+                self.training[name] = checked
+        if "output_dir" not in self.training:
+            raise self.invalid("training.output_dir", "give the run's output directory")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise self.invalid("peak_tflops", f"must be > 0 or null, got {self.peak_tflops}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise self.invalid("cpu_threads", f"must be >= 1 or null, got {self.cpu_threads}")
+
+    @classmethod
+    def override_key(cls, key: str) -> str:
+        """`--max_steps 50` is short for `--training.max_steps 50`."""
+        if (
+            "." not in key
+            and key not in {f.name for f in dataclasses.fields(cls)}
+            and key in _training_argument_types()
+        ):
+            return f"training.{key}"
+        return key
 
 
-SECTIONS = {
-    "model": ModelConfig,
-    "curriculum": CurriculumConfig,
-    "loss": LossConfig,
-    "guard": GuardConfig,
-    "eval": EvalConfig,
-    "lora": LoraSection,
-}
-
-
-def parse_overrides(args: list[str]) -> list[tuple[str, object]]:
-    """["--max_steps", "50", "--curriculum.pacing=sqrt"] -> [("max_steps", 50), ("curriculum.pacing", "sqrt")]"""
-    pairs, index = [], 0
-    while index < len(args):
-        token = args[index]
-        if not token.startswith("--"):
-            raise RecipeError(f"expected --field value, got {token!r}")
-        key = token[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-            index += 1
-        else:
-            if index + 1 >= len(args):
-                raise RecipeError(f"--{key} needs a value")
-            value = args[index + 1]
-            index += 2
-        pairs.append((key.replace("-", "_") if "." not in key else key, yaml.safe_load(value)))
-    return pairs
-
-
-def apply_overrides(data: dict, overrides: list[tuple[str, object]]) -> dict:
-    data = copy.deepcopy(data)
-    for key, value in overrides:
-        if "." in key:
-            section, *path = key.split(".")
-            if section not in data and section not in SECTIONS and section != "training":
-                raise RecipeError(f"--{key}: no recipe section {section!r}")
-            target = data.setdefault(section, {})
-            for part in path[:-1]:
-                target = target.setdefault(part, {})
-            target[path[-1]] = value
-        elif key in TRAINING_ARGUMENT_FIELDS:
-            data.setdefault("training", {})[key] = value
-        elif key in TrainRecipe.__dataclass_fields__:
-            data[key] = value
-        else:
-            raise RecipeError(
-                f"--{key}: not a TrainingArguments field or recipe field; use --section.field for "
-                f"sections {sorted(SECTIONS) + ['data', 'training']}"
-            )
-    return data
+@functools.cache
+def _training_argument_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainingArguments)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainingArguments) if f.init}
 
 
 def load_train_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainRecipe:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    data = apply_overrides(data, parse_overrides(overrides or []))
-    return recipe_from_dict(data, str(path))
-
-
-def section_from_mapping(cls, values, where: str):
-    """A dataclass from a recipe mapping; unknown fields and bad values raise a RecipeError naming `where`."""
-    if not isinstance(values, dict):
-        raise RecipeError(f"{where}: expected a mapping, got {type(values).__name__}")
-    known = sorted(f.name for f in dataclasses.fields(cls))
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise RecipeError(f"{where}: unknown field(s) {unknown}; known: {known}")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as error:
-        raise RecipeError(f"{where}: {error}") from None
-
-
-def recipe_from_dict(data: dict, where: str = "recipe") -> TrainRecipe:
-    unknown = sorted(set(data) - set(TrainRecipe.__dataclass_fields__))
-    if unknown:
-        raise RecipeError(f"{where}: unknown section(s) {unknown}; known: {sorted(TrainRecipe.__dataclass_fields__)}")
-    for required in ("data", "training"):
-        if not isinstance(data.get(required), dict):
-            raise RecipeError(f"{where}: needs a `{required}:` section")
-    unknown = sorted(set(data["training"]) - TRAINING_ARGUMENT_FIELDS)
-    if unknown:
-        raise RecipeError(f"{where}: training: unknown TrainingArguments field(s) {unknown}")
-    sections = {
-        name: section_from_mapping(cls, data.get(name) or {}, f"{where}: {name}") for name, cls in SECTIONS.items()
-    }
-    return TrainRecipe(
-        data=data["data"],
-        training=data["training"],
-        peak_tflops=data.get("peak_tflops"),
-        cpu_threads=data.get("cpu_threads"),
-        **sections,
-    )
+    """A training recipe from its YAML file and `--field value` overrides (see the module docstring)."""
+    return TrainRecipe.load(path, overrides)

@@ -1,4 +1,4 @@
-"""CurriculumSampler: which training sequences are drawn at which step (DESIGN.md §4).
+"""CurriculumSampler: which training sequences are drawn at which step (docs/design.md, "Curriculum").
 
 Every sequence has a difficulty, mapped to its CDF rank in [0, 1): the fraction of sequences strictly
 easier (so a tie group — e.g. all corpus text, difficulty 0 — shares the rank of its easiest member, and
@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-PACINGS = ("uniform", "linear", "sqrt", "root", "step")
+from .recipe import CurriculumConfig
 
 
 class CurriculumSampler(Sampler[int]):
@@ -38,30 +38,9 @@ class CurriculumSampler(Sampler[int]):
         difficulties: Sequence[float],
         samples_per_step: int,
         total_steps: int,
+        config: CurriculumConfig,
         seed: int = 0,
-        pacing: str = "uniform",
-        c0: float = 0.1,
-        p: float = 2.0,
-        stages: int = 4,
-        pacing_fraction: float = 1.0,
-        control: bool = False,
-        anneal_fraction: float = 0.0,
-        anneal_hard_fraction: float = 0.3,
-        anneal_weight: float = 0.5,
     ):
-        if pacing not in PACINGS:
-            raise ValueError(f"curriculum.pacing must be one of {PACINGS}, got {pacing!r}")
-        if not 0.0 < c0 <= 1.0:
-            raise ValueError(f"curriculum.c0 must be in (0, 1], got {c0!r}")
-        if (
-            not 0.0 <= anneal_fraction < 1.0
-            or not 0.0 < anneal_hard_fraction <= 1.0
-            or not 0.0 <= anneal_weight <= 1.0
-        ):
-            raise ValueError(
-                "curriculum: anneal_fraction must be in [0, 1), anneal_hard_fraction in (0, 1], "
-                "anneal_weight in [0, 1]"
-            )
         if samples_per_step < 1 or total_steps < 1:
             raise ValueError(f"need samples_per_step >= 1 and total_steps >= 1, got {samples_per_step}, {total_steps}")
         self.difficulties = np.asarray(difficulties, dtype=np.float64)
@@ -69,11 +48,10 @@ class CurriculumSampler(Sampler[int]):
         if self.n == 0:
             raise ValueError("CurriculumSampler needs at least one example")
         self.samples_per_step, self.total_steps, self.seed = samples_per_step, total_steps, seed
-        self.pacing, self.c0, self.p, self.stages = pacing, c0, p, stages
-        self.pacing_steps = max(1.0, pacing_fraction * total_steps)
-        self.control = control
-        self.anneal_start = math.inf if anneal_fraction == 0 else (1 - anneal_fraction) * total_steps
-        self.anneal_weight = anneal_weight
+        self.config = config
+        self.pacing_steps = max(1.0, config.pacing_fraction * total_steps)
+        anneal = config.anneal_fraction
+        self.anneal_start = math.inf if anneal == 0 else (1 - anneal) * total_steps
         self.epoch = 0
 
         # CDF rank of each difficulty: the fraction of examples strictly easier.
@@ -82,9 +60,10 @@ class CurriculumSampler(Sampler[int]):
         tiebreak = np.random.default_rng([seed, 0xC0]).random(self.n)
         self.easiest_first = np.lexsort((tiebreak, self.difficulties))
         # The pool at competence c is a prefix of `pool_order`: the easiest sequences, or random ones (control).
-        self.pool_order = np.random.default_rng([seed, 0xC1]).permutation(self.n) if control else self.easiest_first
+        random_order = np.random.default_rng([seed, 0xC1]).permutation(self.n)
+        self.pool_order = random_order if config.control else self.easiest_first
         self.sorted_ranks = np.sort(self.ranks)
-        self.hardest = self.easiest_first[::-1][: max(1, int(round(anneal_hard_fraction * self.n)))]
+        self.hardest = self.easiest_first[::-1][: max(1, int(round(config.anneal_hard_fraction * self.n)))]
         self._cache_epoch, self._cache = None, None
 
     def set_epoch(self, epoch: int) -> None:
@@ -94,14 +73,14 @@ class CurriculumSampler(Sampler[int]):
         return self.n
 
     def competence(self, step: float) -> float:
-        t = min(1.0, step / self.pacing_steps)
-        if self.pacing == "uniform":
+        config, t = self.config, min(1.0, step / self.pacing_steps)
+        if config.pacing == "uniform":
             return 1.0
-        if self.pacing == "step":
-            stage = min(self.stages - 1, int(t * self.stages))
-            return self.c0 + (1 - self.c0) * stage / max(1, self.stages - 1)
-        power = {"linear": 1.0, "sqrt": 2.0, "root": self.p}[self.pacing]
-        return min(1.0, (t * (1 - self.c0**power) + self.c0**power) ** (1 / power))
+        if config.pacing == "step":
+            stage = min(config.stages - 1, int(t * config.stages))
+            return config.c0 + (1 - config.c0) * stage / max(1, config.stages - 1)
+        power = {"linear": 1.0, "sqrt": 2.0, "root": config.p}[config.pacing]
+        return min(1.0, (t * (1 - config.c0**power) + config.c0**power) ** (1 / power))
 
     def pool_size(self, step: float) -> int:
         """How many sequences are eligible at this step (at least one step's worth, when the data allows)."""
@@ -118,9 +97,9 @@ class CurriculumSampler(Sampler[int]):
     def index_at(self, epoch: int, position: int) -> int:
         permutation, uniforms = self._epoch_draws(epoch)
         step = (epoch * self.n + position) // self.samples_per_step
-        if step >= self.anneal_start and uniforms[position, 0] < self.anneal_weight:
+        if step >= self.anneal_start and uniforms[position, 0] < self.config.anneal_weight:
             return int(self.hardest[int(uniforms[position, 1] * len(self.hardest))])
-        if self.pacing == "uniform" and not self.control:
+        if self.config.pacing == "uniform" and not self.config.control:
             return int(permutation[position])
         pool = self.pool_size(step)
         return int(self.pool_order[int(uniforms[position, 1] * pool)])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
 
 import torch
 from transformers import Trainer
@@ -72,7 +71,7 @@ class CogFMTrainer(Trainer):
             else math.ceil(len(dataset) * args.num_train_epochs / samples_per_step)
         )
         self.train_sampler = CurriculumSampler(
-            dataset["difficulty"], samples_per_step, total_steps, seed=args.seed, **asdict(self.curriculum)
+            dataset["difficulty"], samples_per_step, total_steps, self.curriculum, seed=args.seed
         )
         return self.train_sampler
 

@@ -14,47 +14,58 @@ a large set runs in parts (`--arms`, `--seeds`):
 3. each arm and seed: its data (arms with the same data share a build), `training/pretrain.py` on the
    resolved recipe (all arms: same model, schedule, steps, batch and sequence length, so the same token
    budget), then the lm-eval test and dev tasks on the saved checkpoint;
-4. the report (cogfm_hf.training.ablation_report): table, intervals, plots.
+4. the report (cogfm_hf.experiments.ablation_report): table, intervals, plots.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import yaml
 
-from ..data.recipe import RecipeError
-from .evaluation import EVAL_TASKS_DIR, scores
-from .loss import LossConfig
-from .recipe import CurriculumConfig, apply_overrides, parse_overrides, recipe_from_dict, section_from_mapping
-
-REPO = Path(__file__).resolve().parents[2]
-PRETRAIN = REPO / "training" / "pretrain.py"
-RUN_DONE = "ablation_eval.json"  # written last, atomically: a run directory holding it is complete
+from ..config import Config, RecipeError, apply_overrides, parse_overrides
+from ..data.recipe import DataRecipe
+from ..training.loss import LossConfig
+from ..training.recipe import CurriculumConfig, TrainRecipe
+from .ablation_report import write_report
+from .runs import (
+    RUN_LOG,
+    completed_records,
+    data_key,
+    evaluate_checkpoint,
+    learning_curve,
+    read_record,
+    train_run,
+    write_record,
+)
+from .selection import chosen_learning_rate, dev_score, selection_choices
 
 
 @dataclass
-class Arm:
+class Arm(Config):
     """What an arm changes relative to the baseline (nothing else may differ)."""
 
     like: list[str] = field(default_factory=list)  # arms or selections whose changes this arm starts from
     retry_p: float | None = None
     retry_variant: str | None = None
-    loss: dict = field(default_factory=dict)  # LossConfig fields
-    curriculum: dict = field(default_factory=dict)  # CurriculumConfig fields
+    loss: dict[str, Any] = field(default_factory=dict)  # LossConfig fields
+    curriculum: dict[str, Any] = field(default_factory=dict)  # CurriculumConfig fields
+
+    def validate(self) -> None:
+        LossConfig.from_dict(self.loss, "loss")
+        CurriculumConfig.from_dict(self.curriculum, "curriculum")
 
 
 @dataclass
-class QuickConfig:
+class QuickConfig(Config):
     arms: list[str]
     seeds: list[int] = field(default_factory=lambda: [0])
     output_dir: str = "outputs/ablation-quick"
@@ -62,7 +73,9 @@ class QuickConfig:
 
 
 @dataclass
-class AblationConfig:
+class AblationConfig(Config):
+    section: ClassVar[str] = "ablation"
+
     base: str  # the baseline's training recipe (relative to the ablation recipe's folder)
     arms: dict[str, Arm]
     test_tasks: list[str]  # lm-eval generation tasks scored per item (exact match)
@@ -72,64 +85,61 @@ class AblationConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     learning_rates: list[float] = field(default_factory=list)  # the baseline's sweep; empty: the base recipe's
     select: dict[str, list[str]] = field(default_factory=dict)  # selection name -> candidate arms
-    controls: dict[str, str] = field(
-        default_factory=dict
-    )  # arm -> its control arm or selection, compared as with the baseline
+    # arm -> its control arm or selection, compared as with the baseline
+    controls: dict[str, str] = field(default_factory=dict)
     self_correction_tasks: list[str] = field(default_factory=list)
     core: list[str] = field(default_factory=list)  # the arms of the core comparison (`--core`)
     quick: QuickConfig | None = None
     target: float = 0.5  # tokens-to-target: in-distribution accuracy on the in-loop learning curve
-    gate: dict = field(default_factory=lambda: {"easiest": 0.8, "top": 0.5})  # the baseline's dev accuracy
+    gate: dict[str, float] = field(default_factory=lambda: {"easiest": 0.8, "top": 0.5})  # the baseline's dev accuracy
     eval_batch_size: int = 64
     test_limit: int | None = None  # items per task (None: all); tests use a few
 
+    def validate(self) -> None:
+        if "baseline" not in self.arms:
+            raise self.invalid("arms", "give a mapping of arms that includes `baseline`")
+        names = set(self.arms) | set(self.select)
+        for name, arm in self.arms.items():
+            for ref in arm.like:
+                if ref not in names or ref == name:
+                    raise self.invalid(
+                        f"arms.{name}.like", f"{ref!r} is not another arm or a selection {sorted(self.select)}"
+                    )
+        for name, candidates in self.select.items():
+            missing = [c for c in candidates if c not in self.arms]
+            if missing or not candidates:
+                raise self.invalid(f"select.{name}", f"unknown arm(s) {missing}" if missing else "empty")
+        for arm, control in self.controls.items():
+            unknown = ([arm] if arm not in self.arms else []) + ([control] if control not in names else [])
+            if unknown:
+                raise self.invalid(
+                    f"controls.{arm}",
+                    f"unknown arm(s) {unknown}; the recipe has arms {sorted(self.arms)} "
+                    f"and selections {sorted(self.select)}",
+                )
+            if arm == control:
+                raise self.invalid(f"controls.{arm}", "an arm cannot be its own control")
+        for section, listed in (("core", self.core), ("quick.arms", self.quick.arms if self.quick else [])):
+            missing = [a for a in listed if a not in self.arms]
+            if missing:
+                raise self.invalid(section, f"unknown arm(s) {missing}")
+        if set(self.gate) != {"easiest", "top"}:
+            raise self.invalid("gate", f"give the keys easiest and top, got {sorted(self.gate)}")
+
 
 def load_ablation(path: str | Path) -> tuple[AblationConfig, dict]:
-    """The ablation config and its base training recipe (as a dict), checked before anything runs."""
+    """The ablation config and its base training recipe (as the mapping that arms change), checked before
+    anything runs."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"ablation recipe {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    arms = data.get("arms")
-    if not isinstance(arms, dict) or "baseline" not in arms:
-        raise RecipeError(f"{path}: arms: give a mapping of arms that includes `baseline`")
-    data["arms"] = {name: section_from_mapping(Arm, arm or {}, f"{path}: arms.{name}") for name, arm in arms.items()}
-    if data.get("quick") is not None:
-        data["quick"] = section_from_mapping(QuickConfig, data["quick"], f"{path}: quick")
-    config = section_from_mapping(AblationConfig, data, str(path))
+    config = AblationConfig.load(path)
     base_path = path.parent / config.base
     if not base_path.is_file():
-        raise RecipeError(f"{path}: base: {base_path} does not exist")
+        raise RecipeError(f"{base_path} does not exist", "base").in_file(path)
     base = yaml.safe_load(base_path.read_text()) or {}
-    recipe_from_dict(copy.deepcopy(base), str(base_path))  # fails early on a bad base recipe
-    names = set(config.arms) | set(config.select)
-    for name, arm in config.arms.items():
-        for ref in arm.like:
-            if ref not in names or ref == name:
-                raise RecipeError(
-                    f"{path}: arms.{name}.like: {ref!r} is not another arm or a selection {sorted(config.select)}"
-                )
-        section_from_mapping(LossConfig, arm.loss, f"{path}: arms.{name}.loss")
-        section_from_mapping(CurriculumConfig, arm.curriculum, f"{path}: arms.{name}.curriculum")
-    for name, candidates in config.select.items():
-        missing = [c for c in candidates if c not in config.arms]
-        if missing or not candidates:
-            raise RecipeError(
-                f"{path}: select.{name}: unknown arm(s) {missing}" if missing else f"{path}: select.{name}: empty"
-            )
-    for arm, control in config.controls.items():
-        unknown = ([arm] if arm not in config.arms else []) + ([control] if control not in names else [])
-        if unknown:
-            raise RecipeError(
-                f"{path}: controls.{arm}: unknown arm(s) {unknown}; the recipe has arms "
-                f"{sorted(config.arms)} and selections {sorted(config.select)}"
-            )
-        if arm == control:
-            raise RecipeError(f"{path}: controls.{arm}: an arm cannot be its own control")
-    for listed in (config.core, config.quick.arms if config.quick else []):
-        missing = [a for a in listed if a not in config.arms]
-        if missing:
-            raise RecipeError(f"{path}: unknown arm(s) {missing} in core/quick")
+    try:
+        TrainRecipe.from_dict(base)  # fails early on a bad base recipe
+    except RecipeError as error:
+        raise error.in_file(base_path) from None
     return config, base
 
 
@@ -189,11 +199,6 @@ def arm_recipe(
     return recipe
 
 
-def data_key(data: dict) -> str:
-    blob = json.dumps({k: v for k, v in data.items() if k != "output_dir"}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
 def run_name(arm: str, learning_rate: float, seed: int) -> str:
     return f"{arm}-lr{learning_rate:g}-seed{seed}"
 
@@ -203,7 +208,10 @@ class Ablation:
     def __init__(self, config: AblationConfig, base: dict, overrides: list[str], output_dir: Path):
         self.config = config
         self.base = apply_overrides(base, parse_overrides(overrides))
-        recipe_from_dict(copy.deepcopy(self.base), "base recipe with overrides")
+        try:
+            TrainRecipe.from_dict(self.base)
+        except RecipeError as error:
+            raise RecipeError(f"the base recipe with the command line's overrides: {error}") from None
         self.output_dir = output_dir
         self.runs_dir, self.data_root = output_dir / "runs", output_dir / "data"
         self.tokenizer_dir = output_dir / "tokenizer"
@@ -219,11 +227,10 @@ class Ablation:
         """Train the tokenizer once, on the baseline's data, so every arm tokenises alike."""
         if (self.tokenizer_dir / "tokenizer.json").is_file():
             return
-        from ..data import build, load_recipe
+        from ..data import build
 
-        data = copy.deepcopy(self.base["data"])
-        data["output_dir"] = str(self.output_dir / "tokenizer_build")
-        built = Path(build(load_recipe(data)))
+        data = DataRecipe.from_dict({**self.base["data"], "output_dir": str(self.output_dir / "tokenizer_build")})
+        built = Path(build(data))
         partial = self.tokenizer_dir.with_name("tokenizer.partial")
         shutil.rmtree(partial, ignore_errors=True)
         shutil.copytree(built / "tokenizer", partial)
@@ -232,11 +239,11 @@ class Ablation:
         self.log(event="tokenizer", path=str(self.tokenizer_dir))
 
     def run(self, arm: str, changes: dict, seed: int, learning_rate: float) -> dict:
-        """Train and evaluate one run (or read its results if it is complete)."""
+        """Train and evaluate one run (or read its record if it is complete)."""
         run_dir = self.runs_dir / run_name(arm, learning_rate, seed)
-        done = run_dir / RUN_DONE
-        if done.is_file():
-            return json.loads(done.read_text())
+        record = read_record(run_dir)
+        if record is not None:
+            return record
         if run_dir.exists():  # an interrupted run: start it again from scratch
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
@@ -249,8 +256,6 @@ class Ablation:
             data_root=self.data_root,
             tokenizer_dir=self.tokenizer_dir,
         )
-        recipe_path = run_dir / "ablation_recipe.yaml"
-        recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         self.log(
             event="start",
             run=run_dir.name,
@@ -258,19 +263,9 @@ class Ablation:
             seed=seed,
             learning_rate=learning_rate,
             changes=changes,
-            progress=str(run_dir / "train.log"),
-        )  # the Trainer's progress bar and logs
-        start = time.perf_counter()
-        with (run_dir / "train.log").open("w") as log:
-            result = subprocess.run(
-                [sys.executable, str(PRETRAIN), str(recipe_path)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO
-            )
-        if result.returncode != 0:
-            tail = (run_dir / "train.log").read_text()[-3000:]
-            raise RuntimeError(
-                f"run {run_dir.name} failed (exit {result.returncode}); its log: {run_dir / 'train.log'}\n{tail}"
-            )
-        train_seconds = time.perf_counter() - start
+            progress=str(run_dir / RUN_LOG),
+        )
+        train_seconds = train_run(recipe, run_dir)
         start = time.perf_counter()
         evaluation = evaluate_checkpoint(
             run_dir,
@@ -281,6 +276,7 @@ class Ablation:
         )
         summary = json.loads((run_dir / "training_summary.json").read_text())
         state = json.loads((run_dir / "trainer_state.json").read_text())
+        training = recipe["training"]
         record = {
             "arm": arm,
             "seed": seed,
@@ -292,15 +288,13 @@ class Ablation:
             "global_step": summary["global_step"],
             "num_input_tokens_seen": summary["num_input_tokens_seen"],
             "token_slots": summary["global_step"]
-            * recipe["training"]["per_device_train_batch_size"]
-            * recipe["training"].get("gradient_accumulation_steps", 1)
+            * training["per_device_train_batch_size"]
+            * training.get("gradient_accumulation_steps", 1)
             * recipe["data"]["pack"]["seq_len"],
             "curve": learning_curve(state["log_history"]),
             **evaluation,
         }
-        partial = done.with_suffix(".partial")
-        partial.write_text(json.dumps(record))
-        partial.replace(done)
+        write_record(run_dir, record)
         self.log(
             event="done",
             run=run_dir.name,
@@ -309,90 +303,6 @@ class Ablation:
             tokens=record["num_input_tokens_seen"],
         )
         return record
-
-
-def learning_curve(log_history: list[dict]) -> list[dict]:
-    """The in-loop evaluations: tokens seen and each task's exact match."""
-    curve = []
-    for entry in log_history:
-        accuracies = {
-            k.split("/")[1]: v for k, v in entry.items() if k.startswith("eval/") and k.endswith("/exact_match")
-        }
-        if accuracies:
-            curve.append(
-                {
-                    "step": entry.get("step", 0),
-                    "tokens": entry.get("num_input_tokens_seen", 0),
-                    "exact_match": accuracies,
-                }
-            )
-    return curve
-
-
-def evaluate_checkpoint(
-    checkpoint: Path, test_tasks: list[str], dev_tasks: list[str], limit: int | None, batch_size: int
-) -> dict:
-    """lm-eval on a saved checkpoint, loaded the way the `lm_eval --model hf` CLI loads it. Per test item:
-    correct or not, and whether the generated text holds the BACK marker (its order is the test set's)."""
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    from ..tasks import BACK
-
-    manager = TaskManager(include_path=str(EVAL_TASKS_DIR))
-    model_args = {"pretrained": str(checkpoint), "trust_remote_code": True, "dtype": "float32"}
-    results = simple_evaluate(
-        model="hf",
-        model_args=model_args,
-        tasks=test_tasks + dev_tasks,
-        task_manager=manager,
-        limit=limit,
-        batch_size=batch_size,
-        device="cpu",
-        log_samples=True,
-    )
-    out: dict = {"test": {}, "dev": {}, "self_correction": {}}
-    for task, samples in results["samples"].items():
-        samples = sorted(samples, key=lambda s: s["doc_id"])
-        doc = samples[0]["doc"]
-        if doc.get("bucket") == "self_correction":
-            out["self_correction"][task] = {
-                key.split("/", 1)[1]: value for key, value in scores(results).items() if key.startswith(f"{task}/")
-            }
-            continue
-        out["dev" if task in dev_tasks else "test"][task] = {
-            "task": doc["task"],
-            "difficulty": doc["difficulty"],
-            "correct": [int(s["exact_match"]) for s in samples],
-            "marker": [int(BACK in s["resps"][0][0]) for s in samples],
-        }
-    return out
-
-
-# -- the plan -----------------------------------------------------------------------------------------
-def dev_score(record: dict) -> float:
-    """Mean exact match over every dev item (in- and out-of-distribution buckets alike)."""
-    items = [c for task in record["dev"].values() for c in task["correct"]]
-    return sum(items) / max(1, len(items))
-
-
-def sweep_runs(config: AblationConfig, records: list[dict]) -> list[dict]:
-    """The learning-rate sweep's completed runs (baseline, first seed), in the recipe's order."""
-    return [
-        r
-        for lr in config.learning_rates
-        for r in records
-        if r["arm"] == "baseline" and r["seed"] == config.seeds[0] and r["learning_rate"] == lr
-    ]
-
-
-def chosen_learning_rate(config: AblationConfig, records: list[dict], base_lr: float) -> float:
-    """The best sweep run's learning rate on the dev sets (ties: the first listed), once the whole sweep has
-    run; until then (or with no sweep, as in --quick) the base recipe's."""
-    runs = sweep_runs(config, records)
-    if not config.learning_rates or len(runs) < len(config.learning_rates):
-        return base_lr
-    return max(runs, key=dev_score)["learning_rate"]
 
 
 def execute(
@@ -447,25 +357,6 @@ def execute(
     }
 
 
-def selection_choices(
-    config: AblationConfig, records: list[dict], learning_rate: float
-) -> dict[str, tuple[str, dict]]:
-    """Each selection whose candidate arms have all run with every seed at `learning_rate`: the arm it chooses,
-    the best mean dev score (ties: the first listed), and every candidate's score."""
-    records = [r for r in records if r["learning_rate"] == learning_rate]
-    decided = {}
-    for selection, candidates in config.select.items():
-        dev = {}
-        for arm in candidates:
-            runs = [r for r in records if r["arm"] == arm and r["seed"] in config.seeds]
-            if len(runs) < len(config.seeds):
-                break
-            dev[arm] = sum(map(dev_score, runs)) / len(runs)
-        else:
-            decided[selection] = (max(dev, key=dev.get), dev)
-    return decided
-
-
 def decide_selections(
     config: AblationConfig, ablation: Ablation, choices: dict[str, str], learning_rate: float
 ) -> None:
@@ -483,15 +374,12 @@ def decide_selections(
             )
 
 
-def completed_records(runs_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(runs_dir.glob(f"*/{RUN_DONE}"))]
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, default_recipe: str | Path | None = None) -> None:
+    """The ablation's command line; `training/ablate.py` passes the default recipe (training/recipes/ablation.yaml)."""
     parser = argparse.ArgumentParser(
         prog="training/ablate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("recipe", nargs="?", default=str(REPO / "training" / "recipes" / "ablation.yaml"))
+    parser.add_argument("recipe", nargs="?" if default_recipe else None, default=default_recipe)
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--quick", action="store_true", help="the recipe's reduced set (fewer arms, one seed)")
     scope.add_argument("--core", action="store_true", help="the core comparison only")
@@ -506,15 +394,13 @@ def main(argv: list[str] | None = None) -> None:
         "the report goes to <report_dir>/lr<LR>",
     )
     args, overrides = parser.parse_known_args(argv)
-    from .ablation_report import write_report
-
     try:
         config, base = load_ablation(args.recipe)
         arms, seeds = list(config.arms), config.seeds
         output_dir, report_dir = config.output_dir, config.report_dir
         if args.quick:
             if config.quick is None:
-                raise RecipeError(f"{args.recipe}: no `quick:` section")
+                raise RecipeError("no `quick:` section", "quick").in_file(args.recipe)
             arms, seeds = config.quick.arms, config.quick.seeds
             output_dir, report_dir = config.quick.output_dir, config.quick.report_dir
         elif args.core:
@@ -554,3 +440,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     report = write_report(config, ablation.base, records, report_dir, command, learning_rate=args.learning_rate)
     print(f"report: {report}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,9 +5,8 @@ checkpoint (test and dev sets), its in-loop learning curve and its training summ
 
 - In- and out-of-distribution: a test task is in-distribution when its difficulty is within the base
   recipe's training range for that task.
-- Mean ± std over seeds (sample std).
-- Arm minus baseline: a paired bootstrap over test items (the same items for both; resampled with
-  replacement, 2,000 times, fixed seed), of the difference averaged over the seeds both arms ran.
+- Mean ± std over seeds, and arm minus baseline (or minus its control) by a paired bootstrap over test items:
+  see cogfm_hf.experiments.stats.
 - Tokens to target: the non-padding tokens at the first in-loop evaluation whose in-distribution
   accuracy reaches `target` (resolution: the evaluation cadence).
 """
@@ -16,28 +15,14 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from ..tasks import get_task
-from .ablation import chosen_learning_rate, dev_score, selection_choices, sweep_runs
-from .plots import plt
-from .run import training_difficulty_tops
-
-BOOTSTRAP_SAMPLES = 2000
-
-
-def _ratio(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else float("nan")
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+from ..data.recipe import DataRecipe
+from .plots import plot_arms_by_difficulty, plot_learning_curves
+from .selection import chosen_learning_rate, dev_score, selection_choices, sweep_runs
+from .stats import comparison_rng, items, mean_std, paired_bootstrap, ratio
 
 
 def split_tasks(records: list[dict], tops: dict[str, int]) -> dict[str, str]:
@@ -49,32 +34,10 @@ def split_tasks(records: list[dict], tops: dict[str, int]) -> dict[str, str]:
     }
 
 
-def items(record: dict, tasks: list[str]) -> np.ndarray:
-    return np.array([c for task in tasks for c in record["test"][task]["correct"]], dtype=np.float64)
-
-
-def paired_bootstrap(arm_runs: list[dict], base_runs: list[dict], tasks: list[str], rng: np.random.Generator):
-    """95% interval of mean-over-seeds (arm accuracy - baseline accuracy), items resampled jointly."""
-    base_by_seed = {r["seed"]: r for r in base_runs}
-    pairs = [(items(r, tasks), items(base_by_seed[r["seed"]], tasks)) for r in arm_runs if r["seed"] in base_by_seed]
-    if not pairs or not tasks:
-        return None
-    differences = np.stack([a - b for a, b in pairs])  # seeds x items
-    n = differences.shape[1]
-    draws = rng.integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
-    estimates = differences[:, draws].mean(axis=2).mean(axis=0)
-    return float(differences.mean()), float(np.percentile(estimates, 2.5)), float(np.percentile(estimates, 97.5))
-
-
-def comparison_rng(*names: str) -> np.random.Generator:
-    """One random stream per comparison, so an interval does not depend on which other arms have run."""
-    return np.random.default_rng(zlib.crc32("/".join(names).encode()))
-
-
 def tokens_to_target(record: dict, id_tasks: list[str], target: float) -> int | None:
     for point in record["curve"]:
         scores = [v for task, v in point["exact_match"].items() if task in id_tasks]
-        if scores and _ratio(scores) >= target:
+        if scores and ratio(scores) >= target:
             return point["tokens"]
     return None
 
@@ -91,14 +54,14 @@ def learnability_gate(config, baseline_runs: list[dict], kinds: dict[str, str]) 
     by_difficulty = sorted(dev.items(), key=lambda item: item[1][0])
     gate = {}
     for name, (task, (_, correct)) in (("easiest", by_difficulty[0]), ("top", by_difficulty[-1])):
-        gate[name] = {"task": task, "dev": round(_ratio(correct), 4), "needed": config.gate[name]}
+        gate[name] = {"task": task, "dev": round(ratio(correct), 4), "needed": config.gate[name]}
     gate["passed"] = all(gate[name]["dev"] >= gate[name]["needed"] for name in ("easiest", "top"))
     return gate
 
 
 def summarise(config, base: dict, records: list[dict], learning_rate: float | None = None) -> dict:
     """The runs at `learning_rate`, or (None) at the sweep's choice."""
-    tops = training_difficulty_tops(base["data"])
+    tops = DataRecipe.from_dict(base["data"]).task_difficulty_tops()
     kinds = split_tasks(records, tops)
     sweep_choice = chosen_learning_rate(config, records, float(base["training"]["learning_rate"]))
     if learning_rate is None:
@@ -136,22 +99,22 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
             "seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in runs), 1),
         }
         for kind, tasks in (("id", id_tasks), ("ood", ood_tasks)):
-            row[kind] = _mean_std([float(items(r, tasks).mean()) for r in runs]) if tasks else None
+            row[kind] = mean_std([float(items(r, tasks).mean()) for r in runs]) if tasks else None
             for label, other in comparisons.items():
                 row[f"{kind}_vs_{label}"] = paired_bootstrap(
                     runs, by_arm[other], tasks, comparison_rng(arm, other, kind)
                 )
         row["by_task"] = {
-            t: _mean_std([float(np.mean(r["test"][t]["correct"])) for r in runs]) for t in id_tasks + ood_tasks
+            t: mean_std([float(np.mean(r["test"][t]["correct"])) for r in runs]) for t in id_tasks + ood_tasks
         }
         row["by_seed"] = {
             r["seed"]: {t: float(np.mean(r["test"][t]["correct"])) for t in id_tasks + ood_tasks} for r in runs
         }  # the spread behind the std: seeds differ more than items resample
         reached = [tokens_to_target(r, id_tasks, config.target) for r in runs]
         row["tokens_to_target"] = reached
-        row["marker_rate"] = _mean_std([_ratio(m for t in r["test"].values() for m in t["marker"]) for r in runs])
+        row["marker_rate"] = mean_std([ratio(m for t in r["test"].values() for m in t["marker"]) for r in runs])
         row["self_correction"] = {
-            metric: _mean_std([v[metric] for r in runs for v in r["self_correction"].values() if metric in v])
+            metric: mean_std([v[metric] for r in runs for v in r["self_correction"].values() if metric in v])
             for metric in ("marker_rate", "false_marker_rate", "self_corrected")
         }
         row["curve"] = [r["curve"] for r in runs]
@@ -323,68 +286,6 @@ def markdown(summary: dict, command: str) -> str:
     )
 
 
-def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_accuracy_by_difficulty(summary: dict, path: Path) -> Path | None:
-    if not summary["arms"]:
-        return None
-    tasks = sorted(summary["id_tasks"] + summary["ood_tasks"], key=lambda t: summary["difficulty"][t])
-    x = [summary["difficulty"][t] for t in tasks]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for arm, row in summary["arms"].items():
-        means = [100 * row["by_task"][t][0] for t in tasks]
-        stds = [100 * row["by_task"][t][1] for t in tasks]
-        ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=arm)
-    for top in summary["training_tops"].values():
-        ax.axvline(top + 0.5, color="gray", linestyle=":")
-    knobs = ", ".join(sorted({get_task(task).difficulty_knob for task in summary["training_tops"]}))
-    return _save(
-        fig,
-        ax,
-        path,
-        f"difficulty ({knobs}); dotted line: top of the training range",
-        "test exact match (%)",
-        "Ablation: accuracy by difficulty (mean ± std over seeds)",
-    )
-
-
-def plot_learning_curves(summary: dict, path: Path) -> Path | None:
-    if not summary["arms"]:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for arm, row in summary["arms"].items():
-        curves = [
-            [(p["tokens"], _ratio(v for t, v in p["exact_match"].items() if t in summary["id_tasks"])) for p in curve]
-            for curve in row["curve"]
-        ]
-        length = min(len(c) for c in curves)
-        if length == 0:
-            continue
-        tokens = [np.mean([c[i][0] for c in curves]) / 1e6 for i in range(length)]
-        accuracy = [100 * np.mean([c[i][1] for c in curves]) for i in range(length)]
-        ax.plot(tokens, accuracy, marker=".", label=arm)
-    ax.axhline(100 * summary["target"], color="gray", linestyle=":")
-    return _save(
-        fig,
-        ax,
-        path,
-        "non-padding training tokens (M)",
-        "in-loop ID exact match (%)",
-        "Ablation: learning curves (mean over seeds)",
-    )
-
-
 def write_report(
     config, base: dict, records: list[dict], report_dir: Path, command: str, learning_rate: float | None = None
 ) -> Path:
@@ -392,7 +293,7 @@ def write_report(
     summary = summarise(config, base, records, learning_rate)
     (report_dir / "results.json").write_text(json.dumps(summary, indent=1, default=str))
     plots = [
-        plot_accuracy_by_difficulty(summary, report_dir / "ablation-accuracy-by-difficulty.png"),
+        plot_arms_by_difficulty(summary, report_dir / "ablation-accuracy-by-difficulty.png"),
         plot_learning_curves(summary, report_dir / "ablation-learning-curves.png"),
     ]
     body = markdown(summary, command)

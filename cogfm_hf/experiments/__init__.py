@@ -1,0 +1,9 @@
+"""Experiments: runners that train and score many variants of a training recipe, and report what they show.
+
+- `runs`: one run of a recipe variant (its own process), scored item by item with lm-eval; resumable records.
+- `selection`: choices made from runs on the dev sets (learning-rate sweeps, best-of-arms), never on test.
+- `stats`: means over seeds and paired bootstrap intervals; `plots`: the reports' figures.
+- `ablation`, `ablation_report`: the curriculum / self-correction ablation (`training/ablate.py`).
+
+This package sits above `cogfm_hf.training` and is imported by nothing below it.
+"""

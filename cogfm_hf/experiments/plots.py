@@ -1,0 +1,73 @@
+"""The plots of an experiment's report (PNG): arms by difficulty and their learning curves, from a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..tasks import get_task
+from ..training.plots import plt
+from .stats import ratio
+
+
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_arms_by_difficulty(summary: dict, path: Path) -> Path | None:
+    if not summary["arms"]:
+        return None
+    tasks = sorted(summary["id_tasks"] + summary["ood_tasks"], key=lambda t: summary["difficulty"][t])
+    x = [summary["difficulty"][t] for t in tasks]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, row in summary["arms"].items():
+        means = [100 * row["by_task"][t][0] for t in tasks]
+        stds = [100 * row["by_task"][t][1] for t in tasks]
+        ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=arm)
+    for top in summary["training_tops"].values():
+        ax.axvline(top + 0.5, color="gray", linestyle=":")
+    knobs = ", ".join(sorted({get_task(task).difficulty_knob for task in summary["training_tops"]}))
+    return _finish(
+        fig,
+        ax,
+        path,
+        f"difficulty ({knobs}); dotted line: top of the training range",
+        "test exact match (%)",
+        "Ablation: accuracy by difficulty (mean ± std over seeds)",
+    )
+
+
+def plot_learning_curves(summary: dict, path: Path) -> Path | None:
+    if not summary["arms"]:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, row in summary["arms"].items():
+        curves = [
+            [(p["tokens"], ratio(v for t, v in p["exact_match"].items() if t in summary["id_tasks"])) for p in curve]
+            for curve in row["curve"]
+        ]
+        length = min(len(c) for c in curves)
+        if length == 0:
+            continue
+        tokens = [np.mean([c[i][0] for c in curves]) / 1e6 for i in range(length)]
+        accuracy = [100 * np.mean([c[i][1] for c in curves]) for i in range(length)]
+        ax.plot(tokens, accuracy, marker=".", label=arm)
+    ax.axhline(100 * summary["target"], color="gray", linestyle=":")
+    return _finish(
+        fig,
+        ax,
+        path,
+        "non-padding training tokens (M)",
+        "in-loop ID exact match (%)",
+        "Ablation: learning curves (mean over seeds)",
+    )

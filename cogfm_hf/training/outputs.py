@@ -1,0 +1,94 @@
+"""What a training run writes besides the Trainer's own checkpoints.
+
+Every `checkpoint-N` gets the resolved recipe (`cogfm_recipe.yaml`, by `SaveRecipeCallback`). The final
+checkpoint (the run's output directory) is Hub-ready — modeling code and `auto_map`, consolidated safetensors
+weights, tokenizer — and also holds the recipe, `training_summary.json`, `trainer_state.json` (the log history),
+`eval_results.json` and a model card (`README.md`) when the run evaluated, and the plots `loss.png` and
+`accuracy_by_difficulty.png`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from transformers import TrainerCallback
+
+from .evaluation import scores
+from .model_card import read_data_report, write_model_card
+from .plots import plot_eval_history_by_difficulty, plot_losses
+
+RECIPE_FILE = "cogfm_recipe.yaml"
+
+
+class SaveRecipeCallback(TrainerCallback):
+    """Writes the resolved recipe into every checkpoint, so each one says exactly how it was made."""
+
+    def __init__(self, recipe: dict):
+        self.recipe = recipe
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                write_recipe(checkpoint, self.recipe)
+
+
+def write_recipe(directory: Path, recipe: dict) -> None:
+    (Path(directory) / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+
+def save_final_checkpoint(trainer, tokenizer, output: Path) -> None:
+    """Hub-ready: modeling code + auto_map, consolidated safetensors weights, tokenizer."""
+    if not trainer.is_fsdp_enabled:
+        trainer.save_model(str(output))
+        return
+    # FSDP checkpoints during the run are sharded (training/accelerate/fsdp.yaml); the final one is gathered
+    # into full weights on the main process. (Not run here: no GPU was available to this work.)
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    if trainer.accelerator.is_main_process:
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(output, state_dict=state_dict)
+        tokenizer.save_pretrained(output)
+
+
+def write_run_outputs(trainer, recipe, model, results: dict | None, output: Path) -> Path:
+    """Everything beside the final weights (main process only); returns the model card's path."""
+    write_recipe(output, recipe.to_dict())
+    state = trainer.state
+    title = f"{recipe.model.preset}, {state.num_input_tokens_seen:,} tokens"
+    plots = [
+        plot_losses(state.log_history, output / "loss.png", f"{title}: training loss"),
+        plot_eval_history_by_difficulty(
+            state.log_history,
+            output / "accuracy_by_difficulty.png",
+            recipe.data.task_difficulty_tops(),
+            f"{title}: accuracy by difficulty",
+        ),
+    ]
+    summary = {
+        "skipped_updates": trainer.skipped_updates,
+        "global_step": state.global_step,
+        "num_input_tokens_seen": state.num_input_tokens_seen,
+    }
+    if results:
+        summary["final_eval"] = scores(results)
+        (output / "eval_results.json").write_text(
+            json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=2, default=str)
+        )
+        from lm_eval.utils import make_table
+
+        groups = "\n" + make_table(results, "groups") if results.get("groups") else ""
+        print("\n" + make_table(results) + groups, flush=True)
+    (output / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    state.save_to_json(str(output / "trainer_state.json"))  # the log history: losses, evaluations
+    return write_model_card(
+        output,
+        recipe=recipe.to_dict(),
+        model=model,
+        state=state,
+        data_report=read_data_report(Path(recipe.data.output_dir)),
+        results=results,
+        limit=recipe.eval.final_limit,
+        plots=[p.name for p in plots if p is not None],
+    )

@@ -1,0 +1,123 @@
+"""The one config mechanism (cogfm_hf.config): every recipe section is typed, rejects unknown keys and wrong types
+naming the section and field, round-trips through plain data, and takes dotted command-line overrides."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from cogfm_hf.config import RecipeError
+from cogfm_hf.experiments.ablation import load_ablation
+from cogfm_hf.paths import REPOSITORY
+from cogfm_hf.training.loss import LossConfig
+from cogfm_hf.training.recipe import TrainRecipe
+
+from .conftest import tiny_recipe
+
+RECIPES = REPOSITORY / "training" / "recipes"
+
+# (path of the section in the recipe mapping, its name in errors, a field, a value of the wrong type for it)
+TRAIN_SECTIONS = [
+    ((), "", "peak_tflops", "fast"),
+    (("model",), "model", "preset", 3),
+    (("data",), "data", "workers", "two"),
+    (("data", "clean"), "data.clean", "min_chars", "few"),
+    (("data", "filters"), "data.filters", "prose", 5),
+    (("data", "dedup"), "data.dedup", "threshold", "high"),
+    (("data", "decontamination"), "data.decontamination", "enabled", "yes"),
+    (("data", "tokenizer"), "data.tokenizer", "vocab_size", 1.5),
+    (("data", "pack"), "data.pack", "seq_len", "long"),
+    (("data", "sources", 0), "data.sources[0] (reasoning)", "num_examples", "many"),
+    (("data", "sources", 0, "mixture", 0), "data.sources[0] (reasoning).mixture[0]", "weight", "heavy"),
+    (("training",), "training", "max_steps", "many"),
+    (("curriculum",), "curriculum", "c0", [0.1]),
+    (("loss",), "loss", "error_weight", "none"),
+    (("guard",), "guard", "enabled", 1),
+    (("eval",), "eval", "tasks", 5),
+    (("lora",), "lora", "r", "eight"),
+]
+
+
+def section_of(recipe: dict, path: tuple) -> dict:
+    for part in path:
+        recipe = recipe.setdefault(part, {}) if isinstance(part, str) else recipe[part]
+    return recipe
+
+
+@pytest.mark.parametrize("path, name, field, wrong", TRAIN_SECTIONS, ids=[s[1] or "top" for s in TRAIN_SECTIONS])
+def test_every_training_recipe_section_rejects_unknown_keys_and_wrong_types(tmp_path, path, name, field, wrong):
+    recipe = tiny_recipe(tmp_path / "data", tmp_path / "out")
+    unknown = yaml.safe_load(yaml.safe_dump(recipe))
+    section_of(unknown, path)["colour"] = "red"
+    if name == "training":  # TrainingArguments' own fields
+        expected = r"^training\.colour: not a transformers.TrainingArguments field"
+    else:
+        expected = rf"^{re.escape(name + ': ' if name else '')}unknown field\(s\) \['colour'\]"
+    with pytest.raises(RecipeError, match=expected):
+        TrainRecipe.from_dict(unknown)
+
+    mistyped = yaml.safe_load(yaml.safe_dump(recipe))
+    section_of(mistyped, path)[field] = wrong
+    with pytest.raises(RecipeError, match=rf"^{re.escape(f'{name}.{field}' if name else field)}: expected"):
+        TrainRecipe.from_dict(mistyped)
+
+
+def test_recipe_file_errors_name_the_file_section_and_field(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path / "data", tmp_path / "out")))
+    with pytest.raises(RecipeError, match=r"recipe.yaml: curriculum.pacing: must be one of .*got 'fast'"):
+        TrainRecipe.load(path, ["--curriculum.pacing", "fast"])
+    result = subprocess.run(
+        [sys.executable, str(REPOSITORY / "training" / "pretrain.py"), str(path), "--guard.spike_factor", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "recipe error: " in result.stderr and "recipe.yaml: guard.spike_factor: must be > 1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda a: a["arms"]["baseline"].update(colour="red"), r"arms.baseline: unknown field\(s\) \['colour'\]"),
+        (lambda a: a["arms"]["retry_p0.1"].update(retry_p="often"), r"arms.retry_p0.1.retry_p: expected"),
+        (lambda a: a["quick"].update(colour="red"), r"quick: unknown field\(s\) \['colour'\]"),
+        (lambda a: a["quick"].update(seeds="zero"), r"quick.seeds: expected"),
+        (lambda a: a.update(colour="red"), r"ablation.yaml: unknown field\(s\) \['colour'\]"),
+        (lambda a: a.update(target="half"), r"ablation.yaml: target: expected"),
+    ],
+)
+def test_every_ablation_recipe_section_rejects_unknown_keys_and_wrong_types(tmp_path, edit, message):
+    ablation = yaml.safe_load((RECIPES / "ablation.yaml").read_text())
+    edit(ablation)
+    (tmp_path / "ablation.yaml").write_text(yaml.safe_dump(ablation))
+    (tmp_path / "ablation-base.yaml").write_text((RECIPES / "ablation-base.yaml").read_text())
+    with pytest.raises(RecipeError, match=message):
+        load_ablation(tmp_path / "ablation.yaml")
+
+
+@pytest.mark.parametrize("name", ["cogfm-tiny.yaml", "lora-tiny.yaml", "ablation-base.yaml"])
+def test_shipped_recipes_round_trip_through_plain_data(name):
+    recipe = TrainRecipe.load(RECIPES / name)
+    plain = recipe.to_dict()
+    assert yaml.safe_load(yaml.safe_dump(plain)) == plain  # what cogfm_recipe.yaml in a checkpoint holds
+    assert TrainRecipe.from_dict(plain) == recipe
+
+
+def test_overrides_set_training_arguments_and_section_fields():
+    recipe = TrainRecipe.load(
+        RECIPES / "cogfm-tiny.yaml",
+        ["--max_steps", "7", "--curriculum.pacing=linear", "--data.pack.seq_len", "64", "--learning_rate", "5e-4"],
+    )
+    assert recipe.training["max_steps"] == 7 and recipe.curriculum.pacing == "linear"
+    assert recipe.data.pack.seq_len == 64
+    assert recipe.training["learning_rate"] == 5e-4  # YAML 1.1 reads 5e-4 as a string; TrainingArguments gets a number
+
+
+def test_a_section_built_in_python_validates_and_names_itself():
+    with pytest.raises(RecipeError, match=r"^loss.marker_weight: must be >= 0"):
+        LossConfig(marker_weight=-1.0)
+    assert LossConfig.from_dict({"marker_weight": 2}).marker_weight == 2.0  # YAML's ints are numbers
