@@ -1,5 +1,6 @@
-"""Training: CogFMTrainer (curriculum sampler + self-correction loss), recipes, the pretraining run."""
+"""Training: CogFMTrainer (curriculum sampler + self-correction loss + update guard), recipes, the pretraining run."""
 
+from .guard import SkipStepOptimizer
 from .loss import LossConfig, self_correction_loss, token_weights
 from .recipe import CurriculumConfig, GuardConfig, TrainRecipe, load_train_recipe
 from .sampler import CurriculumSampler
@@ -11,6 +12,7 @@ __all__ = [
     "LossConfig",
     "CurriculumConfig",
     "GuardConfig",
+    "SkipStepOptimizer",
     "TrainRecipe",
     "load_train_recipe",
     "collate_packed",

@@ -10,6 +10,7 @@ import torch
 from transformers import Trainer
 
 from ..data.pack import TASK_VOCAB
+from .guard import SkipStepOptimizer
 from .loss import LossConfig, self_correction_loss, token_weights
 from .recipe import CurriculumConfig, GuardConfig
 from .sampler import CurriculumSampler
@@ -53,9 +54,7 @@ class CogFMTrainer(Trainer):
         self.newline_ids = torch.tensor(newline_ids, dtype=torch.long)
         self.train_sampler: CurriculumSampler | None = None
         self._reset_log_sums()
-        self._step_loss = 0.0
-        self._loss_ema: float | None = None
-        self.skipped_updates: list[dict] = []
+        self.update_guard: SkipStepOptimizer | None = None  # set by create_optimizer
         # MFU = flops_per_token x tokens/s / (peak_flops x processes); None leaves it out of the logs.
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self._last_log_time: float | None = None
@@ -194,57 +193,30 @@ class CogFMTrainer(Trainer):
         return super()._inner_training_loop(*args, **kwargs)
 
     # -- the guard --------------------------------------------------------------------------------
+    @property
+    def skipped_updates(self) -> list[dict]:
+        """The updates the guard skipped: {"step": optimizer step, "reason": why}."""
+        return self.update_guard.skipped if self.update_guard is not None else []
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        # Kept on the device: read once per optimizer step (by the guard), not once per micro-batch.
-        self._step_loss = self._step_loss + loss.detach().double()
+        self.update_guard.record_loss(loss)
         return loss
 
     def create_optimizer(self, model=None):
+        # Wrap only an optimizer not wrapped yet: create_optimizer runs again with the finished one when
+        # the Trainer delays creation, and a second train() finds it already inside accelerate's wrapper.
+        needs_guard = self.optimizer is None or self.update_guard is None
         optimizer = super().create_optimizer(model)
-        if not getattr(optimizer, "_cogfm_guarded", False):
-            real_step = optimizer.step
-
-            def guarded_step(*args, **kwargs):
-                if self._update_is_bad():
-                    return None
-                return real_step(*args, **kwargs)
-
-            optimizer.step = guarded_step
-            optimizer._cogfm_guarded = True
-        return optimizer
-
-    def _update_is_bad(self) -> bool:
-        """Decide (identically on every rank) whether to skip this optimizer step."""
-        step_loss, self._step_loss = self._step_loss, 0.0
-        if not self.guard.enabled:
-            return False
-        loss = torch.as_tensor(step_loss, dtype=torch.float64, device=self.args.device).reshape(1)
-        grads_finite = torch.tensor(
-            [all(torch.isfinite(p.grad).all() for p in self.model.parameters() if p.grad is not None)],
-            dtype=torch.float64,
-            device=self.args.device,
-        )
-        if self.args.world_size > 1:
-            loss = self.accelerator.reduce(loss, reduction="mean")
-            grads_finite = self.accelerator.reduce(
-                grads_finite, reduction="mean"
-            )  # < 1 if any rank saw a non-finite grad
-        loss_value = loss.item()
-        reason = None
-        if not math.isfinite(loss_value) or grads_finite.item() < 1:
-            reason = "non-finite loss or gradient"
-        elif (
-            self._loss_ema is not None
-            and self.state.global_step >= self.guard.warmup_steps
-            and loss_value > self.guard.spike_factor * self._loss_ema
-        ):
-            reason = f"loss {loss_value:.3f} > {self.guard.spike_factor} x recent {self._loss_ema:.3f}"
-        if reason:
-            self.skipped_updates.append({"step": self.state.global_step + 1, "reason": reason})
-            if self.args.should_log:
-                print(f"[guard] skipped the update of step {self.state.global_step + 1}: {reason}", flush=True)
-            return True
-        decay = self.guard.ema_decay
-        self._loss_ema = loss_value if self._loss_ema is None else decay * self._loss_ema + (1 - decay) * loss_value
-        return False
+        if needs_guard:
+            # Wrapped before accelerate.prepare and create_scheduler: AcceleratedOptimizer and the scheduler go on top.
+            self.optimizer = self.update_guard = SkipStepOptimizer(
+                optimizer,
+                self.guard,
+                steps_done=lambda: self.state.global_step,
+                reduce_mean=(
+                    (lambda t: self.accelerator.reduce(t, reduction="mean")) if self.args.world_size > 1 else None
+                ),
+                announce=self.args.should_log,
+            )
+        return self.optimizer
