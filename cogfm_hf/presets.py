@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .console import text_table
 from .modeling.configuration_cogfm import PRESETS, CogFMConfig
 from .modeling.modeling_cogfm import CogFMForCausalLM
 
@@ -98,16 +99,13 @@ def preset_size(name: str) -> PresetSize:
 
 def format_table(sizes: list[PresetSize]) -> str:
     header = ["preset", "params", "seq", "train GFLOP/token"] + [f"GiB/GPU @{g}" for g in GPU_COUNTS]
-    rows = []
-    for size in sizes:
-        seq = CogFMConfig.from_preset(size.name).max_position_embeddings
-        rows.append(
-            [size.name, f"{size.parameters / 1e6:,.1f} M", str(seq), f"{size.train_flops_per_token / 1e9:,.3f}"]
-            + [f"{size.memory_gib_per_gpu[g]:,.1f}" for g in GPU_COUNTS]
-        )
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header] + rows]
-    return "\n".join(lines)
+    rows = [
+        [size.name, f"{size.parameters / 1e6:,.1f} M", str(CogFMConfig.from_preset(size.name).max_position_embeddings)]
+        + [f"{size.train_flops_per_token / 1e9:,.3f}"]
+        + [f"{size.memory_gib_per_gpu[g]:,.1f}" for g in GPU_COUNTS]
+        for size in sizes
+    ]
+    return text_table([header, *rows])
 
 
 def main(argv=None):

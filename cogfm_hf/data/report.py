@@ -7,6 +7,8 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from ..console import text_table
+
 EXAMPLES_PER_REASON = 3
 
 
@@ -144,16 +146,12 @@ def print_report(report: dict, max_skips: int = 20) -> None:
             "100%",
         )
     )
-    _table(rows)
+    print(text_table(rows))
     if report["removed"]:
         print("\nremoved, by reason:")
-        _table(
-            [("reason", "documents", "example")]
-            + [
-                (reason, f"{info['documents']:,}", repr(info["examples"][0]["text"][:60]))
-                for reason, info in sorted(report["removed"].items(), key=lambda kv: -kv[1]["documents"])
-            ]
-        )
+        removed = sorted(report["removed"].items(), key=lambda kv: -kv[1]["documents"])
+        rows = [(reason, f"{info['documents']:,}", repr(info["examples"][0]["text"][:60])) for reason, info in removed]
+        print(text_table([("reason", "documents", "example"), *rows]))
     clusters = report["near_duplicate_clusters"]
     print(
         f"\nnear-duplicate clusters: {clusters['clusters']:,} "
@@ -174,15 +172,3 @@ def print_report(report: dict, max_skips: int = 20) -> None:
             print(f"  {entry['location']}  {entry['reason']}  {entry['detail']}")
         if len(report["skips"]) > max_skips:
             print(f"  ... {len(report['skips']) - max_skips} more in report.json")
-
-
-def _table(rows):
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for index, row in enumerate(rows):
-        print(
-            "  ".join(
-                str(cell).ljust(w) if i == 0 else str(cell).rjust(w) for i, (cell, w) in enumerate(zip(row, widths))
-            )
-        )
-        if index == 0:
-            print("  ".join("-" * w for w in widths))
