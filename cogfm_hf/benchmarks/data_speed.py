@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..data import build, load_recipe
+from ..hardware import describe_cpu
 
 
 def main(argv=None):
@@ -77,7 +78,7 @@ def main(argv=None):
     print(
         f"\n{args.workers} worker(s); {curated_docs:,} corpus documents into exact dedup, {corpus_docs:,} "
         f"({corpus_chars / corpus_docs:,.0f} characters on average) into near dedup; "
-        f"{tokens:,} tokens packed (seq 512)\n"
+        f"{tokens:,} tokens packed (seq 512); CPU: {describe_cpu()}\n"
     )
     print("| step | throughput | baseline | ratio |")
     print("|---|---|---|---|")

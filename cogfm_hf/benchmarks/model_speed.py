@@ -18,6 +18,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from ..hardware import describe_cpu
 from ..modeling.configuration_cogfm import CogFMConfig
 from ..modeling.modeling_cogfm import CogFMForCausalLM
 
@@ -205,6 +206,7 @@ def main(argv=None):
     print(
         f"\n{args.preset}: {results[0]['parameters']:,} parameters, torch {torch.__version__}, "
         f"{torch.get_num_threads()} CPU threads; batch {args.batch_size}x{args.seq_len}; medians of {args.repeats}\n"
+        f"CPU: {describe_cpu()}\n"
     )
     print(format_rows(results))
     if args.json:

@@ -10,6 +10,7 @@ import argparse
 import random
 import time
 
+from ..hardware import describe_cpu
 from ..tasks import TASKS, Mixture, add_retries
 
 
@@ -28,6 +29,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
+    print(f"CPU: {describe_cpu()}\n")
     print("| generator | examples/s | chars/s | examples/s with retry p=0.3 |")
     print("|---|---|---|---|")
     for name, task in TASKS.items():
