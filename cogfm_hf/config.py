@@ -10,8 +10,8 @@ Every mistake raises a `RecipeError` that names the file, the section and the fi
 `recipe.yaml: curriculum.pacing: must be one of (...), got 'fast'`. Built directly in Python
 (`LossConfig(unlikelihood=-1)`), a section validates too, and names itself by its `section`.
 
-Types are checked against the dataclass annotations: `bool`, `int`, `float` (an int, or a string YAML did not read
-as a number such as `5e-4`, is accepted), `str`, `Literal[...]`, `X | None`, `list[X]`, `tuple[X, ...]`,
+Types are checked against the dataclass annotations: `bool`, `int`, `float` (finite; an int, or a string YAML did
+not read as a number such as `5e-4`, is accepted), `str`, `Literal[...]`, `X | None`, `list[X]`, `tuple[X, ...]`,
 `dict[str, X]` and nested `Config` sections; annotations outside this set (`dict`, `Any`) accept any value.
 """
 
@@ -21,6 +21,7 @@ import contextvars
 import dataclasses
 import enum
 import functools
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -48,9 +49,7 @@ class RecipeError(ValueError):
         """The same error, one level further out: `prefix` is the path of the section that holds the field."""
         if not prefix:
             return self
-        if not self.where:
-            return RecipeError(self.message, prefix)
-        return RecipeError(self.message, prefix + ("" if self.where.startswith("[") else ".") + self.where)
+        return RecipeError(self.message, f"{prefix}.{self.where}" if self.where else prefix)
 
     def in_file(self, path: str | Path) -> RecipeError:
         return RecipeError(self.message, f"{path}: {self.where}" if self.where else str(path))
@@ -105,8 +104,6 @@ class Config:
         token = _VALIDATING_IN_FROM_DICT.set(True)
         try:
             config = cls(**converted)
-        except (TypeError, ValueError) as error:
-            raise RecipeError(str(error), where) from None
         finally:
             _VALIDATING_IN_FROM_DICT.reset(token)
         try:
@@ -118,13 +115,7 @@ class Config:
     @classmethod
     def load(cls: type[ConfigT], path: str | Path, overrides: list[str] | None = None) -> ConfigT:
         """A YAML file, then `--dotted.field value` overrides; errors name the file."""
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise RecipeError(f"not valid YAML: {error}", str(path)) from None
+        values = read_yaml(path)
         try:
             if isinstance(values, dict):
                 values = apply_overrides(values, parse_overrides(overrides or []), cls.override_key)
@@ -140,6 +131,17 @@ class Config:
     def to_dict(self) -> dict:
         """Plain data (lists, not tuples), which `yaml.safe_dump` writes and `from_dict` reads back."""
         return _plain(self)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A recipe file's parsed content ({} for an empty file); a missing file or bad YAML is a RecipeError."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"not valid YAML: {error}", str(path)) from None
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
@@ -159,7 +161,7 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
                 raise RecipeError(f"--{key} needs a value")
             value = args[index + 1]
             index += 2
-        pairs.append((key.replace("-", "_") if "." not in key else key, yaml.safe_load(value)))
+        pairs.append((key.replace("-", "_"), yaml.safe_load(value)))  # --pacing-fraction = --pacing_fraction
     return pairs
 
 
@@ -190,8 +192,8 @@ def convert(value: Any, annotation: Any, where: str) -> Any:
         if value is None and type(None) in arguments:
             return None
         members = [a for a in arguments if a is not type(None)]
-        if len(members) == 1:  # `X | None`: X's own error is the precise one (a nested section's field, say)
-            return convert(value, members[0], where)
+        if len(members) == 1 and isinstance(members[0], type) and issubclass(members[0], Config):
+            return convert(value, members[0], where)  # `Section | None`: the section's own error names its field
         for member in members:
             try:
                 return convert(value, member, where)
@@ -228,14 +230,15 @@ def convert(value: Any, annotation: Any, where: str) -> Any:
             raise RecipeError(f"expected an integer, got {_show(value)}", where)
         return value
     if annotation is float:
+        number = value
         if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"expected a number, got {_show(value)}", where)
-        return float(value)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise RecipeError(f"expected a finite number, got {_show(value)}", where)
+        return float(number)
     if annotation is str:
         if not isinstance(value, str):
             raise RecipeError(f"expected a string, got {_show(value)}", where)

@@ -121,3 +121,54 @@ def test_a_section_built_in_python_validates_and_names_itself():
     with pytest.raises(RecipeError, match=r"^loss.marker_weight: must be >= 0"):
         LossConfig(marker_weight=-1.0)
     assert LossConfig.from_dict({"marker_weight": 2}).marker_weight == 2.0  # YAML's ints are numbers
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda r: r["guard"].update(spike_factor=float("nan")), r"^guard.spike_factor: expected a finite number"),
+        (
+            lambda r: r["training"].update(remove_unused_columns=True),
+            r"^training.remove_unused_columns: must be false",
+        ),
+        (lambda r: r["model"]["overrides"].update(num_key_value_heads=3), r"^model.overrides: CogFMConfig.num_key_"),
+        (lambda r: r["data"]["tokenizer"].update(path="/nowhere"), r"^data.tokenizer.path: '/nowhere' holds no"),
+    ],
+)
+def test_values_that_would_be_ignored_or_fail_late_are_refused_up_front(tmp_path, edit, message):
+    recipe = tiny_recipe(tmp_path / "data", tmp_path / "out")
+    recipe["guard"] = {}
+    edit(recipe)
+    with pytest.raises(RecipeError, match=message):
+        TrainRecipe.from_dict(recipe)
+
+
+def test_pretraining_refuses_a_checkpoint_it_would_not_start_from(tmp_path):
+    from cogfm_hf.training.run import pretrain
+
+    recipe = tiny_recipe(tmp_path / "data", tmp_path / "out")
+    recipe["model"]["checkpoint"] = str(tmp_path)
+    with pytest.raises(RecipeError, match="model.checkpoint: pretraining starts from a fresh"):
+        pretrain(TrainRecipe.from_dict(recipe))
+    assert not (tmp_path / "data").exists()  # refused before any work
+
+
+def test_command_line_overrides_of_the_ablation_and_the_data_build_are_checked(tmp_path):
+    from cogfm_hf.experiments.ablation import Ablation
+
+    config, base = load_ablation(RECIPES / "ablation.yaml")
+    ablation = Ablation(config, base, ["--max_steps", "8", "--curriculum.pacing-fraction", "0.5"], tmp_path)
+    assert ablation.base["training"]["max_steps"] == 8 and ablation.base["curriculum"]["pacing_fraction"] == 0.5
+    with pytest.raises(RecipeError, match="curriculum.pacing_fraction: must be in"):
+        Ablation(config, base, ["--curriculum.pacing_fraction", "2"], tmp_path)
+
+    path = tmp_path / "data.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path / "data", tmp_path / "out")["data"]))
+    result = subprocess.run(
+        [sys.executable, "-m", "cogfm_hf.data", "build", str(path), "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "recipe error: data.workers: must be a positive integer, got 0" in result.stderr

@@ -1,6 +1,7 @@
 """python -m cogfm_hf.data build RECIPE.yaml [--output_dir DIR] [--workers N] [--overwrite] [--keep-work]"""
 
 import argparse
+import dataclasses
 import sys
 
 from ..config import RecipeError
@@ -19,10 +20,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         recipe = load_recipe(args.recipe)
-        if args.output_dir:
-            recipe.output_dir = args.output_dir
-        if args.workers:
-            recipe.workers = args.workers
+        given = {"output_dir": args.output_dir, "workers": args.workers}
+        recipe = dataclasses.replace(recipe, **{k: v for k, v in given.items() if v is not None})  # re-validated
     except RecipeError as error:
         sys.exit(f"recipe error: {error}")
     from .pipeline import build

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import yaml
-
-from ..config import Config, RecipeError
+from ..config import Config, RecipeError, read_yaml
 from ..tasks.mixture import Mixture, MixtureComponent
 
 SOURCE_TYPES = ("files", "hf_dataset", "tasks", "python_stdlib")
 # Bump when a pipeline change alters what a build writes (cleaning, tokenizer, packing columns...): the
 # fingerprint includes it, so existing builds are rebuilt rather than silently reused.
-DATA_FORMAT_VERSION = 2
+# 3: the recipe is fingerprinted as its typed config (every default written out), so builds made before are rebuilt
+# (an existing output directory needs --overwrite, as for any other recipe change).
+DATA_FORMAT_VERSION = 3
 KINDS = ("prose", "code")
 
 
@@ -49,6 +49,10 @@ class SourceConfig(Config):
     # python_stdlib
     max_files: int | None = None
 
+    @property
+    def section(self) -> str:  # built directly (not from a recipe), a source names itself in errors
+        return f"source ({self.name})"
+
     def validate(self) -> None:
         if self.type not in SOURCE_TYPES:
             raise self.invalid("type", f"must be one of {SOURCE_TYPES}, got {self.type!r}")
@@ -69,6 +73,8 @@ class SourceConfig(Config):
 
 @dataclass
 class CleanConfig(Config):
+    section: ClassVar[str] = "data.clean"
+
     normalization: str = "NFC"  # unicodedata form
     min_chars: int = 20
     max_chars: int = 200_000
@@ -88,6 +94,8 @@ class CleanConfig(Config):
 
 @dataclass
 class FilterConfig(Config):
+    section: ClassVar[str] = "data.filters"
+
     # Keyword arguments of datatrove's filters (their own names and defaults); null switches one off.
     prose: dict[str, dict | None] | None = field(
         default_factory=lambda: {
@@ -127,6 +135,8 @@ class FilterConfig(Config):
 
 @dataclass
 class DedupConfig(Config):
+    section: ClassVar[str] = "data.dedup"
+
     exact: bool = True
     near: bool = True
     threshold: float = 0.8  # Jaccard similarity of word n-grams above which two documents are near-duplicates
@@ -142,6 +152,8 @@ class DedupConfig(Config):
 
 @dataclass
 class DecontaminationConfig(Config):
+    section: ClassVar[str] = "data.decontamination"
+
     enabled: bool = True
     ngram: int = 13
     eval_dir: str | None = None  # default: the test sets in eval_tasks/data
@@ -155,6 +167,8 @@ class DecontaminationConfig(Config):
 
 @dataclass
 class TokenizerConfig(Config):
+    section: ClassVar[str] = "data.tokenizer"
+
     path: str | None = None  # reuse this tokenizer directory instead of training one
     vocab_size: int = 4096
     train_chars: int = 5_000_000
@@ -172,6 +186,8 @@ class TokenizerConfig(Config):
 
 @dataclass
 class PackConfig(Config):
+    section: ClassVar[str] = "data.pack"
+
     seq_len: int = 512
     # Pack only documents of equal difficulty together, so every sequence has one difficulty for the curriculum.
     group_by_difficulty: bool = True
@@ -230,17 +246,11 @@ def load_recipe(path_or_mapping: str | Path | dict) -> DataRecipe:
     Relative paths resolve against the current directory, like every CLI path."""
     if not isinstance(path_or_mapping, (str, Path)):
         return DataRecipe.from_dict(path_or_mapping)
-    path = Path(path_or_mapping)
-    if not path.is_file():
-        raise RecipeError(f"recipe file {path} does not exist")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise RecipeError(f"not valid YAML: {error}", str(path)) from None
+    values = read_yaml(path_or_mapping)
     try:
         return DataRecipe.from_dict(values.get("data", values) if isinstance(values, dict) else values)
     except RecipeError as error:
-        raise error.in_file(path) from None
+        raise error.in_file(path_or_mapping) from None
 
 
 def _keyword_arguments(filter_class) -> set[str]:

@@ -2,7 +2,7 @@
 
 from .guard import SkipStepOptimizer
 from .loss import LossConfig, self_correction_loss, token_weights
-from .recipe import CurriculumConfig, GuardConfig, TrainRecipe, load_train_recipe
+from .recipe import CurriculumConfig, GuardConfig, TrainRecipe
 from .sampler import CurriculumSampler
 from .trainer import CogFMTrainer, collate_packed
 
@@ -14,7 +14,6 @@ __all__ = [
     "GuardConfig",
     "SkipStepOptimizer",
     "TrainRecipe",
-    "load_train_recipe",
     "collate_packed",
     "self_correction_loss",
     "token_weights",

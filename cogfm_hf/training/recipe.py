@@ -10,7 +10,7 @@
     cpu_threads: torch threads per process on CPU (null: this machine's cores / processes on it)
 
 Overrides: `--max_steps 50 --seed 3` set TrainingArguments fields; `--curriculum.pacing sqrt` and
-`--data.output_dir DIR` set a field of a section. Values are parsed as YAML (`--bf16 true`, `--lr 3e-4`).
+`--data.output_dir DIR` set a field of a section. Values are parsed as YAML (`--bf16 true`, `--learning_rate 3e-4`).
 Every section is a `cogfm_hf.config.Config`: unknown keys, wrong types and impossible values fail before any work.
 """
 
@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from transformers import TrainingArguments
@@ -104,6 +103,10 @@ class ModelConfig(Config):
         unknown = sorted(set(self.overrides) - known)
         if unknown:
             raise self.invalid("overrides", f"unknown CogFMConfig field(s) {unknown}; known: {sorted(known)}")
+        try:  # the values too: CogFMConfig names the field and the fix
+            CogFMConfig.from_preset(self.preset, **self.overrides)
+        except (TypeError, ValueError) as error:
+            raise self.invalid("overrides", str(error)) from None
 
 
 @dataclass
@@ -156,6 +159,10 @@ class TrainRecipe(Config):
             # YAML 1.1 read as a string (5e-4, without a dot).
             if isinstance(value, str) and isinstance(checked, float):
                 self.training[name] = checked
+        if self.training.get("remove_unused_columns"):
+            raise self.invalid(
+                "training.remove_unused_columns", "must be false (or left out): the loss reads the packed columns"
+            )
         if "output_dir" not in self.training:
             raise self.invalid("training.output_dir", "give the run's output directory")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
@@ -179,8 +186,3 @@ class TrainRecipe(Config):
 def _training_argument_types() -> dict[str, Any]:
     hints = typing.get_type_hints(TrainingArguments)
     return {f.name: hints[f.name] for f in dataclasses.fields(TrainingArguments) if f.init}
-
-
-def load_train_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainRecipe:
-    """A training recipe from its YAML file and `--field value` overrides (see the module docstring)."""
-    return TrainRecipe.load(path, overrides)

@@ -60,8 +60,10 @@ class CurriculumSampler(Sampler[int]):
         tiebreak = np.random.default_rng([seed, 0xC0]).random(self.n)
         self.easiest_first = np.lexsort((tiebreak, self.difficulties))
         # The pool at competence c is a prefix of `pool_order`: the easiest sequences, or random ones (control).
-        random_order = np.random.default_rng([seed, 0xC1]).permutation(self.n)
-        self.pool_order = random_order if config.control else self.easiest_first
+        if config.control:
+            self.pool_order = np.random.default_rng([seed, 0xC1]).permutation(self.n)
+        else:
+            self.pool_order = self.easiest_first
         self.sorted_ranks = np.sort(self.ranks)
         self.hardest = self.easiest_first[::-1][: max(1, int(round(config.anneal_hard_fraction * self.n)))]
         self._cache_epoch, self._cache = None, None
