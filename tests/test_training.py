@@ -308,8 +308,12 @@ def test_finetune_lora_trains_only_adapters_and_exports_a_merged_checkpoint(pret
     recipe = tiny_recipe(tmp_path / "lora-data", tmp_path / "adapter", max_steps=3, save_steps=3)
     recipe["model"] = {"checkpoint": str(pretrained)}
     recipe["lora"] = {"r": 4, "alpha": 8, "merged_output_dir": str(tmp_path / "merged")}
+    recipe["eval"] = {"tasks": ["cogfm_addition_digits3"], "limit": 2, "final_limit": 2, "batch_size": 2}
     base_weights = load_file(pretrained / "model.safetensors")
     finetune_lora(TrainRecipe.from_dict(recipe))
+    # The adapted model is evaluated as pretraining evaluates: before the first step and after the last.
+    history = json.loads((tmp_path / "adapter" / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "eval/cogfm_addition_digits3/exact_match" in e] == [0, 3]
 
     adapter = tmp_path / "adapter"
     assert (adapter / "adapter_model.safetensors").exists()

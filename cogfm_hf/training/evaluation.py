@@ -59,16 +59,20 @@ def run_lm_eval(
     batch_size: int,
     tokenizer=None,
     include_path: str | None = None,
+    device: str | None = None,
 ) -> dict:
     """lm-eval's results, with per-item samples. `model` is a live model (with its `tokenizer`; left in the
     train/eval mode it was in) or a checkpoint directory, loaded the way `lm_eval --model hf
-    --model_args pretrained=DIR,trust_remote_code=True` loads it (fp32, on the CPU)."""
+    --model_args pretrained=DIR,trust_remote_code=True` loads it: fp32, on `device` (default: CUDA where there
+    is a GPU, else the CPU) and with the checkpoint's own tokenizer."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=include_path or str(EVAL_TASKS_DIR))
     if not isinstance(model, torch.nn.Module):
+        if tokenizer is not None:
+            raise ValueError(f"{model}: a checkpoint is evaluated with its own tokenizer; pass no tokenizer")
         model_args = {"pretrained": str(model), "trust_remote_code": True, "dtype": "float32"}
         return simple_evaluate(
             model="hf",
@@ -77,9 +81,11 @@ def run_lm_eval(
             task_manager=manager,
             limit=limit,
             batch_size=batch_size,
-            device="cpu",
+            device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
             log_samples=True,
         )
+    if device is not None:
+        raise ValueError("a live model is evaluated on the device it is on; `device` is for checkpoints")
     was_training = model.training
     try:
         model.eval()

@@ -31,7 +31,7 @@ from ..presets import train_flops_per_token
 from ..tasks import BACK
 from .evaluation import LMEvalCallback
 from .outputs import SaveRecipeCallback, save_final_checkpoint, write_recipe, write_run_outputs
-from .recipe import TrainRecipe, load_train_recipe
+from .recipe import TrainRecipe
 from .trainer import CogFMTrainer
 
 
@@ -134,6 +134,11 @@ def make_trainer(recipe: TrainRecipe, model, setup: RunSetup) -> CogFMTrainer:
 
 def pretrain(recipe: TrainRecipe) -> Path:
     """Train a fresh model of `model.preset`; evaluate in the loop and at the end; write the outputs."""
+    if recipe.model.checkpoint:
+        raise RecipeError(
+            "model.checkpoint: pretraining starts from a fresh `model.preset`; to adapt a checkpoint use "
+            "training/finetune_lora.py, to continue a run use --resume_from_checkpoint"
+        )
     setup = prepare(recipe)
     set_seed(setup.args.seed)
     model = build_model(recipe, setup.tokenizer, setup.seq_len)
@@ -159,14 +164,22 @@ def finetune_lora(recipe: TrainRecipe) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    if not recipe.model.checkpoint:
+    checkpoint = recipe.model.checkpoint
+    if not checkpoint:
         raise RecipeError("finetune_lora needs model.checkpoint: the CogFM checkpoint to adapt")
-    # The data must be tokenized exactly as the checkpoint was trained (replace() validates the new path).
-    tokenizer_section = dataclasses.replace(recipe.data.tokenizer, path=recipe.model.checkpoint)
+    if recipe.model.overrides:
+        raise RecipeError("model.overrides: a LoRA run adapts model.checkpoint as it was saved; remove the overrides")
+    if recipe.data.tokenizer.path not in (None, checkpoint):
+        raise RecipeError(
+            f"data.tokenizer.path: the data must be tokenized as the checkpoint was, with {checkpoint}'s tokenizer; "
+            "leave the path out"
+        )
+    # replace() validates the new path (the checkpoint must hold tokenizer.json).
+    tokenizer_section = dataclasses.replace(recipe.data.tokenizer, path=checkpoint)
     recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, tokenizer=tokenizer_section))
     setup = prepare(recipe)
     set_seed(setup.args.seed)
-    base = AutoModelForCausalLM.from_pretrained(recipe.model.checkpoint, trust_remote_code=True)
+    base = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
     lora = recipe.lora
     model = get_peft_model(
         base,
@@ -179,6 +192,8 @@ def finetune_lora(recipe: TrainRecipe) -> Path:
         ),
     )
     trainer = make_trainer(recipe, model, setup)
+    if recipe.eval.enabled:  # the adapted model, evaluated as pretraining evaluates (logged beside the loss)
+        trainer.add_callback(LMEvalCallback(trainer, recipe.eval))
     trainer.train(resume_from_checkpoint=setup.args.resume_from_checkpoint)
     output = Path(setup.args.output_dir)
     trainer.save_model(str(output))  # the adapter only: adapter_config.json names the base checkpoint
@@ -205,6 +220,6 @@ def main(flow: str, argv: list[str] | None = None, default_recipe: str | Path | 
     if recipe_path is None:
         sys.exit(f"usage: python -m cogfm_hf.training {flow} RECIPE.yaml [--field value ...]")
     try:
-        FLOWS[flow](load_train_recipe(recipe_path, argv))
+        FLOWS[flow](TrainRecipe.load(recipe_path, argv))
     except RecipeError as error:
         sys.exit(f"recipe error: {error}")

@@ -200,12 +200,16 @@ class CogFMTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.update_guard is None:
+            raise RuntimeError(
+                "CogFMTrainer's optimizer was not built through its create_optimizer (DeepSpeed builds its own): "
+                "the update guard has nothing to wrap"
+            )
         self.update_guard.record_loss(loss)
         return loss
 
     def create_optimizer(self, model=None):
-        # Wrap only an optimizer not wrapped yet: create_optimizer runs again with the finished one when
-        # the Trainer delays creation, and a second train() finds it already inside accelerate's wrapper.
+        # Wrap once: a second train() finds the optimizer built (inside accelerate's wrapper) and super() returns it.
         needs_guard = self.optimizer is None or self.update_guard is None
         optimizer = super().create_optimizer(model)
         if needs_guard:
