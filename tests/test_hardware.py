@@ -2,15 +2,18 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from cogfm_hf.hardware import cpu_flags, cpu_has_native_bf16, describe_cpu, peak_flops, resolve_bf16, set_cpu_threads
 
 
 def test_native_bf16_follows_the_cpu_flags():
-    text = Path("/proc/cpuinfo").read_text()
     flags = cpu_flags()
-    assert flags and all(flag in text for flag in flags)
+    if not flags:
+        pytest.skip("no x86 `flags` line in /proc/cpuinfo on this machine")
+    text = Path("/proc/cpuinfo").read_text()
+    assert all(flag in text for flag in flags)
     assert cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
     if not torch.cuda.is_available():
         assert resolve_bf16("auto") == cpu_has_native_bf16()

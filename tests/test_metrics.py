@@ -1,11 +1,11 @@
 """The local `evaluate` metric modules load by path, offline, and give the right numbers."""
 
-from pathlib import Path
-
 import evaluate
 import pytest
 
-METRIC = Path(__file__).resolve().parents[1] / "eval_tasks" / "metrics" / "exact_match_by_difficulty"
+from cogfm_hf.paths import DIFFICULTY_METRIC_DIR
+
+METRIC = DIFFICULTY_METRIC_DIR
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ a large set runs in parts (`--arms`, `--seeds`):
 1. one tokenizer for every arm, trained on the baseline's data;
 2. the learning-rate sweep of the baseline (seed 0), chosen on the dev sets; every arm then uses it
    (`--learning_rate` sets it instead: a set made before the sweep changed is re-run or re-reported so);
-3. each arm and seed: its data (arms with the same data share a build), `training/pretrain.py` on the
-   resolved recipe (all arms: same model, schedule, steps, batch and sequence length, so the same token
-   budget), then the lm-eval test and dev tasks on the saved checkpoint;
+3. each arm and seed: its data (arms with the same data share a build), a training run of the resolved
+   recipe in its own process (cogfm_hf.experiments.runs; all arms: same model, schedule, steps, batch and
+   sequence length, so the same token budget), then the lm-eval test and dev tasks on the saved checkpoint;
 4. the report (cogfm_hf.experiments.ablation_report): table, intervals, plots.
 """
 
@@ -207,7 +207,7 @@ def run_name(arm: str, learning_rate: float, seed: int) -> str:
 class Ablation:
     def __init__(self, config: AblationConfig, base: dict, overrides: list[str], output_dir: Path):
         self.config = config
-        self.base = apply_overrides(base, parse_overrides(overrides))
+        self.base = apply_overrides(base, parse_overrides(overrides), TrainRecipe.override_key)
         try:
             TrainRecipe.from_dict(self.base)
         except RecipeError as error:
@@ -440,7 +440,3 @@ def main(argv: list[str] | None = None, default_recipe: str | Path | None = None
         )
     report = write_report(config, ablation.base, records, report_dir, command, learning_rate=args.learning_rate)
     print(f"report: {report}", flush=True)
-
-
-if __name__ == "__main__":
-    main()

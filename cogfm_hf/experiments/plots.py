@@ -1,4 +1,6 @@
-"""The plots of an experiment's report (PNG): arms by difficulty and their learning curves, from a summary."""
+"""The plots of an experiment's report (PNG), from its summary: each arm's accuracy by difficulty and its learning
+curve. `summary` holds `arms` (each with `by_task` and `curve`), `id_tasks`, `ood_tasks`, `difficulty`,
+`training_tops` and `target`, as cogfm_hf.experiments.ablation_report.summarise writes them."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
     return path
 
 
-def plot_arms_by_difficulty(summary: dict, path: Path) -> Path | None:
+def plot_arms_by_difficulty(summary: dict, path: Path, experiment: str = "Ablation") -> Path | None:
     if not summary["arms"]:
         return None
     tasks = sorted(summary["id_tasks"] + summary["ood_tasks"], key=lambda t: summary["difficulty"][t])
@@ -43,11 +45,11 @@ def plot_arms_by_difficulty(summary: dict, path: Path) -> Path | None:
         path,
         f"difficulty ({knobs}); dotted line: top of the training range",
         "test exact match (%)",
-        "Ablation: accuracy by difficulty (mean ± std over seeds)",
+        f"{experiment}: accuracy by difficulty (mean ± std over seeds)",
     )
 
 
-def plot_learning_curves(summary: dict, path: Path) -> Path | None:
+def plot_learning_curves(summary: dict, path: Path, experiment: str = "Ablation") -> Path | None:
     if not summary["arms"]:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -69,5 +71,5 @@ def plot_learning_curves(summary: dict, path: Path) -> Path | None:
         path,
         "non-padding training tokens (M)",
         "in-loop ID exact match (%)",
-        "Ablation: learning curves (mean over seeds)",
+        f"{experiment}: learning curves (mean over seeds)",
     )

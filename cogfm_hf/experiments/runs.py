@@ -32,7 +32,8 @@ def data_key(data: dict) -> str:
 
 def train_run(recipe: dict, run_dir: Path) -> float:
     """Pretrain `recipe` (a training-recipe mapping) in a fresh process (`python -m cogfm_hf.training pretrain`),
-    its output in `run_dir`; returns the seconds it took. A failed run raises with the tail of its log."""
+    its output in `run_dir`; returns the seconds it took. A failed run raises with the tail of its log. The process
+    runs in the caller's directory, so relative paths in the recipe mean what they mean to the caller."""
     recipe_path, log_path = run_dir / RUN_RECIPE, run_dir / RUN_LOG
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     start = time.perf_counter()
