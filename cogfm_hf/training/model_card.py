@@ -131,7 +131,7 @@ multi-step reasoning, not a general assistant.
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("{name}", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("{name}")
+tokenizer = AutoTokenizer.from_pretrained("{name}", trust_remote_code=True)
 prompt = "Mod 10. ka=3. ru=5. lo=ka*ru. Find lo.\\n"
 output = model.generate(**tokenizer(prompt, return_tensors="pt"), max_new_tokens=32, do_sample=False)
 print(tokenizer.decode(output[0], skip_special_tokens=True))

@@ -105,6 +105,8 @@ def build_model(recipe: TrainRecipe, tokenizer, seq_len: int) -> CogFMForCausalL
 def make_trainer(recipe: TrainRecipe, model, setup: RunSetup) -> CogFMTrainer:
     peak, peak_note = peak_flops(recipe.peak_tflops, setup.bf16)
     config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    # Saved with every checkpoint: `tokenizer(..., truncation=True)` then caps inputs at the model's context.
+    setup.tokenizer.model_max_length = config.max_position_embeddings
     if setup.state.is_main_process:
         params = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -46,7 +46,14 @@ class CogFMTrainer(Trainer):
         **kwargs,
     ):
         kwargs.setdefault("data_collator", collate_packed)
+        model = kwargs.get("model", args[0] if args else None)
+        use_cache = getattr(getattr(model, "config", None), "use_cache", None)
         super().__init__(*args, **kwargs)
+        # The Trainer writes TrainingArguments.use_cache (default False) into the model's config, and every
+        # checkpoint would then load without a KV cache by default. compute_loss asks for no cache itself, so the
+        # config keeps the model's own (inference) default.
+        if use_cache is not None:
+            self.model.config.use_cache = use_cache
         self.curriculum = curriculum or CurriculumConfig()
         self.loss_config = loss_config or LossConfig()
         self.guard = guard or GuardConfig()
