@@ -4,6 +4,7 @@ This file is copied into every checkpoint, so it imports only transformers and s
 """
 
 from transformers import PreTrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 # The mixer each decoder layer can use. Only full causal self-attention exists today; the
 # per-layer list (and `DynamicCache(config=...)`, which lays out caches from it) leaves room for
@@ -83,6 +84,10 @@ class CogFMConfig(PreTrainedConfig):
         head_dim: width of one head; defaults to `hidden_size // num_attention_heads`. Must be even (RoPE).
         max_position_embeddings: longest sequence the model is meant to see.
         rope_theta: base of the rotary embedding frequencies.
+        rope_parameters: transformers' RoPE parameters, for a scaled variant (long context), e.g.
+            `{"rope_type": "linear", "factor": 4.0}`; any `rope_type` of transformers' rope utilities (linear,
+            dynamic, yarn, longrope, llama3...). Defaults to plain RoPE with `rope_theta`; after construction it
+            always holds `rope_type` and `rope_theta`.
         rms_norm_eps: epsilon of every RMSNorm.
         initializer_range: standard deviation of the weight init (see above).
         tie_word_embeddings: share the input embedding matrix with the output head.
@@ -121,6 +126,7 @@ class CogFMConfig(PreTrainedConfig):
     head_dim: int | None = None
     max_position_embeddings: int = 1024
     rope_theta: float = 10000.0
+    rope_parameters: dict | None = None
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
@@ -157,7 +163,14 @@ class CogFMConfig(PreTrainedConfig):
         if self.layer_types is None:
             self.layer_types = ["full_attention"] * self.num_hidden_layers
         self._check_layer_types()
-        super().__post_init__(**kwargs)
+        super().__post_init__(**kwargs)  # standardises rope_parameters: rope_type, and rope_theta unless given
+        rope_type = self.rope_parameters["rope_type"]
+        if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
+            raise ValueError(
+                f"CogFMConfig.rope_parameters has rope_type {rope_type!r}, which transformers does not implement; "
+                f"use 'default' or one of {sorted(ROPE_INIT_FUNCTIONS)}."
+            )
+        self.rope_theta = self.rope_parameters["rope_theta"]  # one value, whichever way it was given
 
     def _check_sizes(self):
         for field in (

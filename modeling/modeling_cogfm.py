@@ -18,6 +18,7 @@ from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
@@ -45,23 +46,35 @@ class CogFMRMSNorm(nn.Module):
 
 
 class CogFMRotaryEmbedding(nn.Module):
-    """Rotary position embedding (Su et al. 2021): returns cos/sin for the given positions."""
+    """Rotary position embedding (Su et al. 2021): cos/sin for the given positions. `config.rope_parameters`
+    chooses plain RoPE ("default") or one of transformers' scaled variants (linear, dynamic, yarn, llama3,
+    longrope...), computed by transformers' own rope utilities as in Llama."""
 
     def __init__(self, config: CogFMConfig):
         super().__init__()
         self.config = config
-        self.inv_freq = nn.Buffer(self.compute_inv_freq(config), persistent=False)
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings  # dynamic variants
+        self.rope_type = config.rope_parameters["rope_type"]
+        if self.rope_type == "default":
+            rope_init_fn = self.compute_default_rope_parameters
+        else:
+            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = rope_init_fn(config)
+        self.inv_freq = nn.Buffer(inv_freq, persistent=False)
+        self.original_inv_freq = nn.Buffer(inv_freq.clone(), persistent=False)
 
     @staticmethod
-    def compute_inv_freq(config: CogFMConfig) -> torch.Tensor:
-        dim = config.head_dim
-        return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+    def compute_default_rope_parameters(config: CogFMConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        """Plain RoPE's inverse frequencies, and its attention scaling (1: none)."""
+        dim, base = config.head_dim, config.rope_parameters["rope_theta"]
+        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim)), 1.0
 
     @torch.no_grad()
+    @dynamic_rope_update  # recomputes inv_freq for the dynamic variants; a no-op for the others
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -237,8 +250,6 @@ class CogFMPreTrainedModel(PreTrainedModel):
             # transformers skips parameter-less container modules when initialising remote-code models.
             std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
             init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, CogFMRotaryEmbedding):
-            init.copy_(module.inv_freq, module.compute_inv_freq(module.config))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # `register_for_auto_class` (bottom of this file) writes auto_map only for the saved class;

@@ -4,11 +4,13 @@ what reaches the attention functions (issue #18; this module grows with it)."""
 import inspect
 import json
 
+import pytest
 import torch
-from transformers import AttentionInterface, AutoTokenizer
+from transformers import AttentionInterface, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from cogfm_hf import CogFMForCausalLM, CogFMModel
+from cogfm_hf.benchmarks.model_speed import llama_twin
 
 from .conftest import small_config
 
@@ -56,3 +58,40 @@ def test_saved_checkpoints_load_ready_for_inference(pretrained):
         assert tokenizer.model_max_length == config["max_position_embeddings"], directory  # truncation=True caps
     card = (pretrained / "README.md").read_text()
     assert "AutoTokenizer.from_pretrained(" in card and card.count("trust_remote_code=True") >= 2  # no stdin prompt
+
+
+@pytest.mark.parametrize(
+    "rope_parameters",
+    [
+        {"rope_type": "default"},
+        {"rope_type": "linear", "factor": 4.0},
+        {"rope_type": "dynamic", "factor": 4.0},
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    ],
+    ids=lambda p: p["rope_type"],
+)
+def test_rope_variants_match_llama_with_the_same_weights(rope_parameters):
+    config = small_config(rope_parameters=dict(rope_parameters))
+    cogfm = CogFMForCausalLM(config).eval()
+    twin = llama_twin(config)
+    twin.rope_parameters = dict(config.rope_parameters)
+    llama = LlamaForCausalLM(LlamaConfig(**{**twin.to_dict(), "rope_parameters": dict(config.rope_parameters)}))
+    llama.load_state_dict(cogfm.state_dict(), strict=True)
+    ids = torch.randint(3, 97, (2, 150))  # past max_position_embeddings (128) and the originals: variants differ
+    with torch.no_grad():
+        torch.testing.assert_close(cogfm(ids).logits, llama.eval()(ids).logits, rtol=1e-4, atol=1e-5)
+        plain = CogFMForCausalLM(small_config()).eval()
+        plain.load_state_dict(cogfm.state_dict())
+        assert torch.equal(plain(ids).logits, cogfm(ids).logits) == (rope_parameters["rope_type"] == "default")
+
+
+def test_an_unknown_rope_type_is_refused_naming_the_field():
+    with pytest.raises(ValueError, match=r"CogFMConfig.rope_parameters has rope_type 'bogus'"):
+        small_config(rope_parameters={"rope_type": "bogus"})
