@@ -18,13 +18,18 @@ GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (empty where /proc/cpuinfo does not exist)."""
+def _cpuinfo(field: str) -> str | None:
+    """The first value of `field` in /proc/cpuinfo (None where the file or the field does not exist)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == field), None)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo has none)."""
+    return set((_cpuinfo("flags") or "").split())
 
 
 def cpu_has_native_bf16() -> bool:
@@ -33,14 +38,7 @@ def cpu_has_native_bf16() -> bool:
 
 def describe_cpu() -> str:
     """What to write next to a CPU figure: the model, the cores, and the flags that decide the fast dtype."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = _cpuinfo("model name") or platform.processor() or platform.machine()
     flags = cpu_flags()
     vector = [flag for flag in ("avx2", "avx512f", *NATIVE_BF16_FLAGS) if flag in flags]
     return f"{model}, {os.cpu_count()} cores, flags: {' '.join(vector) or 'none of avx2/avx512'}"
