@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import datasets
+import numpy as np
+from lm_eval.api.task import ConfigurableTask
 
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE / "data"
@@ -30,8 +32,8 @@ def _load_answers():
 answers = _load_answers()
 
 
-def load_test_set(test_set: str, **_metadata) -> datasets.DatasetDict:
-    """`custom_dataset` of every cogfm task (lm-eval also passes its metadata, which is not needed here)."""
+def load_test_set(test_set: str) -> datasets.DatasetDict:
+    """The shipped test set `data/<test_set>.jsonl`, as lm-eval's `test` split."""
     path = DATA_DIR / f"{test_set}.jsonl"
     if not path.exists():
         raise FileNotFoundError(
@@ -39,6 +41,18 @@ def load_test_set(test_set: str, **_metadata) -> datasets.DatasetDict:
         )
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(records)})
+
+
+class TestSetTask(ConfigurableTask):
+    """The class of every cogfm task (`class:` in the templates): a task that reads its shipped test set
+    (`dataset_kwargs: {test_set: NAME}`) instead of downloading a dataset. A class rather than lm-eval's
+    `custom_dataset` hook, which warns on every task that it could take `--metadata`."""
+
+    def __init__(self, config: dict):
+        super().__init__(config={key: value for key, value in config.items() if key != "class"})
+
+    def download(self, dataset_kwargs: dict | None = None, **kwargs) -> None:
+        self.dataset = load_test_set(**(dataset_kwargs or {}))
 
 
 def answer_of(doc: dict, response: str) -> str:
@@ -54,14 +68,32 @@ def extract_answers(resps: list[list[str]], docs: list[dict]) -> list[list[str]]
 
 def score_self_correction(doc: dict, results: list[str]) -> dict:
     """After a planted mistake: did the model take it back (marker_rate), and reach the right answer too
-    (self_corrected)? After a correct partial step: did it take back what was right (false_marker_rate)?"""
+    (self_corrected)? After a correct partial step: did it take back what was right (false_marker_rate)?
+    A rate that does not apply to the item is NaN (see `mean_where_defined`): every item scores every metric,
+    so lm-eval counts the same items for each."""
     response = results[0]
-    marked = answers.starts_with_marker(response)
-    correct = answer_of(doc, response) == doc["answer"]
+    marked = float(answers.starts_with_marker(response))
+    correct = float(answer_of(doc, response) == doc["answer"])
     if doc["planted"]:
         return {
-            "self_corrected": float(marked and correct),
-            "marker_rate": float(marked),
-            "exact_match": float(correct),
+            "self_corrected": marked * correct,
+            "marker_rate": marked,
+            "false_marker_rate": NOT_APPLICABLE,
+            "exact_match": correct,
         }
-    return {"false_marker_rate": float(marked), "exact_match": float(correct)}
+    return {
+        "self_corrected": NOT_APPLICABLE,
+        "marker_rate": NOT_APPLICABLE,
+        "false_marker_rate": marked,
+        "exact_match": correct,
+    }
+
+
+NOT_APPLICABLE = float("nan")
+
+
+def mean_where_defined(values: list[float]) -> float:
+    """The aggregation of the self-correction rates: the mean over the items the rate applies to (planted
+    mistakes, or correct steps), NaN when there are none (e.g. under a `--limit` that takes only one kind)."""
+    defined = [value for value in values if not np.isnan(value)]
+    return float(np.mean(defined)) if defined else NOT_APPLICABLE

@@ -18,7 +18,7 @@ from cogfm_hf.training.recipe import TrainRecipe  # noqa: E402
 from cogfm_hf.training.run import pretrain  # noqa: E402
 
 # The `pretrained` run's evaluation: every task of the group, a few items each, so a test can re-run it with the CLI.
-PRETRAINED_EVAL = {"tasks": ["cogfm_reasoning"], "every_steps": 3, "limit": 2, "final_limit": 3, "batch_size": 8}
+PRETRAINED_EVAL = {"tasks": ["cogfm_all"], "every_steps": 3, "limit": 2, "final_limit": 3, "batch_size": 8}
 
 
 def small_config(**overrides) -> CogFMConfig:
@@ -64,7 +64,13 @@ def run_isolated_python(code: str, cwd, timeout: int = 300) -> subprocess.Comple
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return subprocess.run(
-        [sys.executable, "-I", "-c", guard + code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-I", "-c", guard + code],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,  # a prompt for input (trust_remote_code) fails instead of waiting
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

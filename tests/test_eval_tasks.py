@@ -4,6 +4,7 @@ in a process without cogfm_hf; and the in-loop callback's numbers equal the CLI'
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_eval_tasks_top_holds_the_hand_written_files_and_every_generated_yaml_is
     }
     generated = {p.relative_to(EVAL_TASKS_DIR).as_posix() for p in EVAL_TASKS_DIR.rglob("*cogfm_*.yaml")}
     assert generated == {f"{GENERATED}/{p.name}" for p in (EVAL_TASKS_DIR / GENERATED).iterdir()}
-    assert len(generated) == len(ALL_TASK_NAMES) + 5 * 3 + 3  # task files; groups: per task, id, ood; 3 more
+    assert len(generated) == len(ALL_TASK_NAMES) + 5 * 3 + 4  # task files; groups: per task, id, ood; 4 more
     # lm-eval resolves an include against the including file's folder: the templates are one level up.
     includes = {yaml.safe_load((EVAL_TASKS_DIR / p).read_text()).get("include") for p in generated}
     assert includes == {None} | {
@@ -73,7 +74,7 @@ def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
             str(lm_eval),
             "validate",
             "--tasks",
-            ",".join(["cogfm_reasoning", "cogfm_dev", *ALL_TASK_NAMES]),
+            ",".join(["cogfm_all", "cogfm_dev", *ALL_TASK_NAMES]),
             "--include_path",
             str(EVAL_TASKS_DIR),
         ],
@@ -83,8 +84,11 @@ def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
     )
     assert result.returncode == 0 and "All tasks found and valid" in result.stdout, result.stdout + result.stderr
 
-    tasks = task_manager.load(["cogfm_reasoning"])["tasks"]
+    tasks = task_manager.load(["cogfm_all"])["tasks"]
     assert sorted(tasks) == TASK_NAMES  # the group reaches every task file, and nothing else
+    # The headline group holds exactly the tasks its metric (exact match of the extracted answer) exists in.
+    generation = [name for name in TASK_NAMES if not name.endswith(("_next_step", "_self_correction"))]
+    assert sorted(task_manager.load(["cogfm_reasoning"])["tasks"]) == generation and len(generation) == 30
     for name, task in tasks.items():
         docs = list(task.test_docs())
         test_set = task.config.dataset_kwargs["test_set"]
@@ -166,7 +170,7 @@ class ReferenceLM(LM):
 
 def _evaluate(model, task_manager) -> dict:
     return simple_evaluate(
-        model=model, tasks=["cogfm_reasoning", "cogfm_dev"], task_manager=task_manager, limit=None, bootstrap_iters=0
+        model=model, tasks=["cogfm_all", "cogfm_dev"], task_manager=task_manager, limit=None, bootstrap_iters=0
     )
 
 
@@ -215,15 +219,18 @@ def test_self_correction_needs_the_marker_first_then_the_right_answer_and_no_fal
         json.loads, (EVAL_TASKS_DIR / "data" / "logic_self_correction.jsonl").read_text().splitlines()[:2]
     )
     right, wrong = f"{ANSWER_PREFIX}{planted['answer']}\n", f"{ANSWER_PREFIX}{_wrong_answer(planted)}\n"
-    assert utils.score_self_correction(planted, [BACK + right]) == {
-        "self_corrected": 1.0,
-        "marker_rate": 1.0,
-        "exact_match": 1.0,
-    }
+    scored = utils.score_self_correction(planted, [BACK + right])
+    assert math.isnan(scored.pop("false_marker_rate"))  # a rate of the other kind of item: not applicable
+    assert scored == {"self_corrected": 1.0, "marker_rate": 1.0, "exact_match": 1.0}
     assert utils.score_self_correction(planted, [right])["self_corrected"] == 0.0  # the mistake stayed
     assert utils.score_self_correction(planted, [f"x{BACK}{right}"])["marker_rate"] == 0.0  # the marker comes first
     assert utils.score_self_correction(planted, [BACK + wrong])["self_corrected"] == 0.0
-    assert utils.score_self_correction(control, [right]) == {"false_marker_rate": 0.0, "exact_match": 1.0}
+    scored = utils.score_self_correction(control, [right])
+    assert math.isnan(scored.pop("self_corrected")) and math.isnan(scored.pop("marker_rate"))
+    assert scored == {"false_marker_rate": 0.0, "exact_match": 1.0}
+    # A rate is the mean over the items it applies to; with none (a --limit of one kind only) it is NaN.
+    assert utils.mean_where_defined([1.0, math.nan, 0.0, 0.0]) == pytest.approx(1 / 3)
+    assert math.isnan(utils.mean_where_defined([math.nan]))
     assert utils.score_self_correction(control, [BACK + right])["false_marker_rate"] == 1.0
     # Logic answers must be one of the two names the question offers.
     assert utils.answer_of(planted, f"{ANSWER_PREFIX}zzz\n") == ""
@@ -241,11 +248,14 @@ def test_cli_on_a_checkpoint_without_the_package_equals_the_in_loop_scores(pretr
     code = (
         "import sys\nfrom lm_eval.__main__ import cli_evaluate\n"
         f"sys.argv = ['lm_eval', '--model', 'hf', '--model_args', 'pretrained={pretrained},trust_remote_code=True', "
-        f"'--include_path', {str(EVAL_TASKS_DIR)!r}, '--tasks', 'cogfm_reasoning', '--device', 'cpu', "
+        f"'--include_path', {str(EVAL_TASKS_DIR)!r}, '--tasks', 'cogfm_all', '--device', 'cpu', "
         f"'--limit', '{limit}', '--batch_size', '{batch}', '--output_path', 'results']\ncli_evaluate()\n"
     )
     result = run_isolated_python(code, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    # Our task files make lm-eval warn about nothing; the one warning left is lm-eval's own about --limit.
+    warnings = [line for line in result.stderr.splitlines() if " WARNING " in line]
+    assert len(warnings) == 1 and "--limit SHOULD ONLY BE USED FOR TESTING" in warnings[0], warnings
     [results_file] = (tmp_path / "results").rglob("results_*.json")
     cli = json.loads(results_file.read_text())
     assert "cogfm_reasoning" in cli["groups"] and "cogfm_chains_op14" in cli["results"]
@@ -272,5 +282,19 @@ def test_model_card_and_plots(pretrained):
     params = sum(p.numel() for p in CogFMForCausalLM.from_pretrained(pretrained).parameters())
     assert f"{params:,} parameters" in card.text and "| **cogfm_chains_ood** | exact_match |" in card.text
     assert "pacing: sqrt" in card.text and "| reasoning | tasks | 600 |" in card.text
+    # Items: per task the limit, per group the sum over its tasks; a group's most-common-answer baseline is
+    # the item-weighted mean of its tasks'.
+    limit = PRETRAINED_EVAL["final_limit"]
+    assert f"the first {limit} items of each task; a group (bold) counts the items of all its tasks" in card.text
+    rows = {
+        (cells[1].strip("* "), cells[2].strip()): cells
+        for line in card.text.splitlines()
+        if line.startswith("| ") and len(cells := line.split("|")) == 8
+    }
+    ood_tasks = yaml.safe_load((EVAL_TASKS_DIR / GENERATED / "_cogfm_chains_ood.yaml").read_text())["task"]
+    assert rows[("cogfm_chains_ood", "exact_match")][5].strip() == str(limit * len(ood_tasks))
+    task_baselines = [float(rows[(name, "exact_match")][6]) for name in ood_tasks]
+    group_baseline = float(rows[("cogfm_chains_ood", "exact_match")][6])
+    assert group_baseline == pytest.approx(sum(task_baselines) / len(ood_tasks), abs=1e-3)
     for plot in ("loss.png", "accuracy_by_difficulty.png"):
         assert (pretrained / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({plot})" in card.text

@@ -114,7 +114,15 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
         row["tokens_to_target"] = reached
         row["marker_rate"] = mean_std([ratio(m for t in r["test"].values() for m in t["marker"]) for r in runs])
         row["self_correction"] = {
-            metric: mean_std([v[metric] for r in runs for v in r["self_correction"].values() if metric in v])
+            # NaN: a rate whose kind of item the evaluation's limit left out (eval_tasks/utils.mean_where_defined)
+            metric: mean_std(
+                [
+                    v[metric]
+                    for r in runs
+                    for v in r["self_correction"].values()
+                    if not math.isnan(v.get(metric, math.nan))
+                ]
+            )
             for metric in ("marker_rate", "false_marker_rate", "self_corrected")
         }
         row["curve"] = [r["curve"] for r in runs]

@@ -14,10 +14,11 @@ Every item comes from a held-out template, drawn from a seed derived from (EXPOR
   choices are the true next step and copies with the result wrong in one digit (log-likelihood).
 
 Beside `data/*.jsonl` and `data/manifest.json` the export writes a copy of `answers.py`, the answer reading the
-tasks share with `cogfm_hf`, and in `generated/` one task YAML per set and the group YAMLs (`cogfm_reasoning` with
-a subgroup per task). The hand-written files stay at the top of `eval_tasks/`: the templates the task YAMLs include
-(`include: ../_generation_template_yaml`), `utils.py` (which reads `data/` and `answers.py` beside itself) and
-`metrics/`. Everything is byte-for-byte reproducible; `stale_files` lists what differs.
+tasks share with `cogfm_hf`, and in `generated/` one task YAML per set and the group YAMLs: `cogfm_reasoning`
+(exact match over the generation tasks, a subgroup per task family), `cogfm_self_correction`, `cogfm_next_step`,
+and `cogfm_all` holding those three. The hand-written files stay at the top of `eval_tasks/`: the templates the
+task YAMLs include (`include: ../_generation_template_yaml`), `utils.py` (which reads `data/` and `answers.py`
+beside itself) and `metrics/`. Everything is byte-for-byte reproducible; `stale_files` lists what differs.
 """
 
 from __future__ import annotations
@@ -261,11 +262,13 @@ def render(tasks: dict, per_set: int) -> dict[str, bytes]:
         )
     )
     files[f"{GENERATED}/_cogfm_next_step.yaml"] = _dump(_group("cogfm_next_step", next_step, ["acc"], "none"))
-    # The headline number: exact match over every generation task (the other subgroups have their own metrics).
-    top = _group(
-        "cogfm_reasoning", subgroups + ["cogfm_self_correction", "cogfm_next_step"], ["exact_match"], "extract_answer"
-    )
+    # The headline number: exact match over the generation tasks of every family, and only those (a group's
+    # metric must exist in each task it names, or lm-eval averages over the ones that have it, and warns).
+    top = _group("cogfm_reasoning", subgroups, ["exact_match"], "extract_answer")
     files[f"{GENERATED}/cogfm_reasoning.yaml"] = _dump({**top, "metadata": {"version": EXPORT_VERSION}})
+    # Everything in one name, with no metric of its own: each subgroup reports its own.
+    everything = {"group": "cogfm_all", "task": ["cogfm_reasoning", "cogfm_self_correction", "cogfm_next_step"]}
+    files[f"{GENERATED}/cogfm_all.yaml"] = _dump({**everything, "metadata": {"version": EXPORT_VERSION}})
     files["answers.py"] = Path(answers.__file__).read_bytes()
     files["data/manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     return files

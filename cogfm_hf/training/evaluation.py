@@ -30,7 +30,7 @@ from ..paths import DIFFICULTY_METRIC_DIR, EVAL_TASKS_DIR
 class EvalConfig(Config):
     section: ClassVar[str] = "eval"
 
-    tasks: list[str] = field(default_factory=lambda: ["cogfm_reasoning"])  # lm-eval task / group names
+    tasks: list[str] = field(default_factory=lambda: ["cogfm_all"])  # lm-eval task / group names
     every_steps: int = 0  # in-loop cadence in optimizer steps; 0: only before and after training
     limit: int | None = 20  # items per task in-loop (None: all)
     final_limit: int | None = None  # items per task in the final evaluation, the model card's (None: all)
@@ -89,7 +89,7 @@ def run_lm_eval(
     was_training = model.training
     try:
         model.eval()
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
         return simple_evaluate(model=lm, tasks=list(tasks), limit=limit, log_samples=True, task_manager=manager)
     finally:
         model.train(was_training)

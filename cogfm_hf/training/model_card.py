@@ -4,29 +4,43 @@ the model was made and what the final evaluation measured."""
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from peft.utils.constants import (
+    TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
+)
 
+from ..modeling.configuration_cogfm import CogFMConfig
 from ..tasks.export import EXPORT_VERSION
 
+# What `import cogfm_hf` registers with peft (Llama's defaults), spelled out for a reader without the package.
+LORA_DEFAULTS = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[CogFMConfig.model_type]
+IA3_DEFAULTS = TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING[CogFMConfig.model_type]
+IA3_FEEDFORWARD_DEFAULTS = TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING[CogFMConfig.model_type]
 _METRIC_ORDER = ("exact_match", "self_corrected", "marker_rate", "false_marker_rate", "acc")
 
 
 def result_rows(results: dict) -> list[dict]:
-    """One row per (task or group, metric) of lm-eval results, groups first, each with its item count
-    and, for generation tasks, the accuracy of always giving the most common gold answer of the items run
+    """One row per (task or group, metric) of lm-eval results, groups first, each with its item count and, for
+    generation tasks and their groups, the accuracy of always giving the most common gold answer of the items run
     (the bar a model that only learned the answer distribution clears)."""
+    baselines = {}  # task -> (items, accuracy of its most common gold answer)
+    for name, samples in results.get("samples", {}).items():
+        answers = [s["doc"]["answer"] for s in samples if s.get("filter") == "extract_answer"]
+        if answers:
+            baselines[name] = (len(answers), Counter(answers).most_common(1)[0][1] / len(answers))
     rows = []
     for section in ("groups", "results"):
         for name, values in results.get(section, {}).items():
             if section == "results" and name in results.get("groups", {}):
                 continue
-            samples = results.get("samples", {}).get(name, [])
-            answers = [s["doc"]["answer"] for s in samples if s.get("filter") == "extract_answer"]
-            baseline = Counter(answers).most_common(1)[0][1] / len(answers) if answers else None
+            baseline = _baseline(name, baselines, results.get("group_subtasks", {}))
             for key, value in values.items():
                 metric, _, filter_name = key.partition(",")
                 if metric not in _METRIC_ORDER or not isinstance(value, (int, float)):
@@ -45,10 +59,24 @@ def result_rows(results: dict) -> list[dict]:
                         value=float(value),
                         stderr=stderr if isinstance(stderr, (int, float)) else None,
                         items=count,
-                        baseline=baseline if metric == "exact_match" and section == "results" else None,
+                        baseline=baseline if metric == "exact_match" else None,
                     )
                 )
     return rows
+
+
+def _baseline(name: str, baselines: dict, group_subtasks: dict) -> float | None:
+    """The most-common-answer accuracy of a task, or of a group over the items of all its tasks; None where a
+    task has no extracted answers (self-correction, next step)."""
+    leaves = [baselines.get(leaf) for leaf in _leaf_names(name, group_subtasks)]
+    if None in leaves:
+        return None
+    return sum(count * accuracy for count, accuracy in leaves) / sum(count for count, _ in leaves)
+
+
+def _leaf_names(name: str, group_subtasks: dict) -> list[str]:
+    children = group_subtasks.get(name)
+    return [leaf for child in children for leaf in _leaf_names(child, group_subtasks)] if children else [name]
 
 
 def _table(rows: list[dict]) -> str:
@@ -61,6 +89,10 @@ def _table(rows: list[dict]) -> str:
             f"| {name} | {row['metric']} | {row['value']:.3f} | {stderr} | {row['items'] or ''} | {baseline} |"
         )
     return "\n".join(lines)
+
+
+def _modules(names: list[str]) -> str:
+    return ", ".join(f"`{name}`" for name in names)
 
 
 def write_model_card(
@@ -87,7 +119,7 @@ def write_model_card(
             metric_value=round(row["value"], 4),
         )
         for row in rows
-        if row["group"] or row["baseline"] is not None
+        if (row["group"] or row["baseline"] is not None) and math.isfinite(row["value"])
     ]
     card_data = ModelCardData(
         library_name="transformers",
@@ -110,8 +142,11 @@ def write_model_card(
     evaluation = (
         (
             f"lm-evaluation-harness on the tasks in `eval_tasks/` (test sets {EXPORT_VERSION}, held-out "
-            f"solution templates, greedy decoding), {'the first ' + str(limit) if limit else 'all'} items per "
-            "task. Re-check any number with the command above (add `--limit` to match)."
+            f"solution templates, greedy decoding), {'the first ' + str(limit) if limit else 'all'} items of each "
+            "task; a group (bold) counts the items of all its tasks. The headline, `cogfm_reasoning`, is exact "
+            "match over the generation tasks of every family; *most common answer* is the accuracy of always "
+            "giving the most common gold answer of the items run, the level a model that learned only the answer "
+            "distribution reaches. Re-check any number with the command above (add `--limit` to match)."
         )
         if results
         else "No evaluation was run (`eval.enabled: false`)."
@@ -137,9 +172,24 @@ output = model.generate(**tokenizer(prompt, return_tensors="pt"), max_new_tokens
 print(tokenizer.decode(output[0], skip_special_tokens=True))
 ```
 
+Fine-tuning with peft: where `cogfm_hf` is not installed, peft has no default target modules for the model type
+`cogfm`, so name them. CogFM's modules carry Llama's names and Llama's defaults fit: LoRA and its relatives (DoRA,
+LoHa, LoKr, AdaLoRA) adapt {_modules(LORA_DEFAULTS)}; IA3 {_modules(IA3_DEFAULTS)} (feed-forward:
+{_modules(IA3_FEEDFORWARD_DEFAULTS)}); prompt, prefix and p-tuning need none. `target_modules="all-linear"` adapts
+every linear layer but the output head.
+
+```python
+from peft import IA3Config, LoraConfig, get_peft_model
+lora = LoraConfig(task_type="CAUSAL_LM", target_modules={LORA_DEFAULTS!r})
+ia3 = IA3Config(
+    task_type="CAUSAL_LM", target_modules={IA3_DEFAULTS!r}, feedforward_modules={IA3_FEEDFORWARD_DEFAULTS!r}
+)
+peft_model = get_peft_model(model, lora)  # or ia3
+```
+
 ```bash
 lm_eval --model hf --model_args pretrained={name},trust_remote_code=True \\
-    --include_path eval_tasks --tasks cogfm_reasoning --device cpu
+    --include_path eval_tasks --tasks cogfm_all --device cpu
 ```
 
 ## Evaluation
