@@ -3,16 +3,28 @@ what reaches the attention functions (issue #18; this module grows with it)."""
 
 import inspect
 import json
+import re
 
 import pytest
 import torch
+from peft import (
+    AdaLoraConfig,
+    IA3Config,
+    LoHaConfig,
+    LoKrConfig,
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
 from transformers import AttentionInterface, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from cogfm_hf import CogFMForCausalLM, CogFMModel
 from cogfm_hf.benchmarks.model_speed import llama_twin
 
-from .conftest import small_config
+from .conftest import run_isolated_python, small_config
 
 
 def test_static_cache_generation_matches_the_dynamic_cache():
@@ -95,3 +107,137 @@ def test_rope_variants_match_llama_with_the_same_weights(rope_parameters):
 def test_an_unknown_rope_type_is_refused_naming_the_field():
     with pytest.raises(ValueError, match=r"CogFMConfig.rope_parameters has rope_type 'bogus'"):
         small_config(rope_parameters={"rope_type": "bogus"})
+
+
+def cogfm_and_llama(**overrides) -> tuple[CogFMForCausalLM, LlamaForCausalLM]:
+    """A CogFM and the LlamaForCausalLM carrying exactly its weights: whatever transformers does with Llama,
+    it must do with CogFM, to the same result."""
+    cogfm = CogFMForCausalLM(small_config(**overrides)).eval()
+    twin = llama_twin(cogfm.config)
+    twin._attn_implementation = cogfm.config._attn_implementation
+    llama = LlamaForCausalLM(twin)
+    llama.load_state_dict(cogfm.state_dict(), strict=True)
+    return cogfm, llama.eval()
+
+
+GENERATION_MODES = {
+    "greedy": dict(do_sample=False),
+    "sampling": dict(do_sample=True, top_k=20, top_p=0.9, temperature=0.8, num_return_sequences=2),
+    "beam_search": dict(do_sample=False, num_beams=3, num_return_sequences=2),
+    "beam_sampling": dict(do_sample=True, num_beams=2),
+    "static_cache": dict(do_sample=False, cache_implementation="static"),
+    "no_cache": dict(do_sample=False, use_cache=False),
+    "repetition_penalty": dict(do_sample=False, repetition_penalty=1.3, no_repeat_ngram_size=2),
+}
+
+
+@pytest.mark.parametrize("mode", GENERATION_MODES, ids=str)
+def test_generation_modes_match_llama_with_the_same_weights(mode):
+    cogfm, llama = cogfm_and_llama()
+    # Left padding: the second row is shorter, so masks and position ids are exercised, not just the happy path.
+    prompt = torch.randint(3, 97, (2, 7))
+    attention_mask = torch.ones_like(prompt)
+    prompt[1, :3], attention_mask[1, :3] = 0, 0
+    kwargs = dict(attention_mask=attention_mask, max_new_tokens=8, pad_token_id=0, **GENERATION_MODES[mode])
+    outputs = []
+    for model in (cogfm, llama):
+        torch.manual_seed(1234)  # sampling draws the same numbers for both
+        outputs.append(model.generate(prompt, return_dict_in_generate=True, output_scores=True, **kwargs))
+    torch.testing.assert_close(outputs[0].sequences, outputs[1].sequences, rtol=0, atol=0)
+    for cogfm_scores, llama_scores in zip(outputs[0].scores, outputs[1].scores, strict=True):
+        torch.testing.assert_close(cogfm_scores, llama_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_assisted_decoding_matches_llama_and_plain_greedy():
+    cogfm, llama = cogfm_and_llama()
+    cogfm_draft, llama_draft = cogfm_and_llama(num_hidden_layers=1)
+    prompt = torch.randint(3, 97, (1, 6))
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assisted = cogfm.generate(prompt, assistant_model=cogfm_draft, **kwargs)
+    torch.testing.assert_close(assisted, llama.generate(prompt, assistant_model=llama_draft, **kwargs), rtol=0, atol=0)
+    torch.testing.assert_close(assisted, cogfm.generate(prompt, **kwargs), rtol=0, atol=0)  # lossless
+    prompt_lookup = cogfm.generate(prompt, prompt_lookup_num_tokens=3, **kwargs)
+    torch.testing.assert_close(prompt_lookup, assisted, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_hidden_states_and_attentions_match_llama(attn_implementation):
+    cogfm, llama = cogfm_and_llama(attn_implementation=attn_implementation)
+    ids = torch.randint(3, 97, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    with torch.no_grad():
+        ours = cogfm(ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+        theirs = llama(ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    assert len(ours.hidden_states) == len(theirs.hidden_states) == cogfm.config.num_hidden_layers + 1
+    for mine, reference in zip(ours.hidden_states, theirs.hidden_states, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)
+    if attn_implementation == "eager":  # only eager materialises the attention probabilities
+        assert len(ours.attentions) == cogfm.config.num_hidden_layers
+        for mine, reference in zip(ours.attentions, theirs.attentions, strict=True):
+            assert mine.shape == (2, cogfm.config.num_attention_heads, 9, 9)
+            torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.logits, theirs.logits, rtol=1e-5, atol=1e-5)
+
+
+PEFT_METHODS = {
+    "lora": lambda: LoraConfig(task_type="CAUSAL_LM"),
+    "dora": lambda: LoraConfig(task_type="CAUSAL_LM", use_dora=True),
+    "ia3": lambda: IA3Config(task_type="CAUSAL_LM"),
+    "loha": lambda: LoHaConfig(task_type="CAUSAL_LM"),
+    "lokr": lambda: LoKrConfig(task_type="CAUSAL_LM"),
+    "adalora": lambda: AdaLoraConfig(task_type="CAUSAL_LM", total_step=10),
+    "prompt_tuning": lambda: PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    "prefix_tuning": lambda: PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    "p_tuning": lambda: PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=32),
+}
+
+
+@pytest.mark.parametrize("method", PEFT_METHODS, ids=str)
+def test_peft_methods_work_with_their_defaults_as_they_do_for_llama(method):
+    cogfm, llama = cogfm_and_llama()
+    ids = torch.randint(3, 97, (2, 10))
+    with torch.no_grad():
+        base_logits = cogfm(ids).logits
+    # Each method's defaults (no target_modules): the same modules adapted as in Llama.
+    adapted = [get_peft_model(model, PEFT_METHODS[method]()) for model in (cogfm, llama)]
+    ours, theirs = (dict(model.named_parameters()) for model in adapted)
+    trainable = sorted(name for name, parameter in ours.items() if parameter.requires_grad)
+    assert trainable and trainable == sorted(name for name, parameter in theirs.items() if parameter.requires_grad)
+    # Adapters that start as the identity (LoRA's B = 0...) would hide a wrong wiring: move them, identically.
+    with torch.no_grad():
+        for name in trainable:
+            ours[name].add_(0.5 * torch.randn_like(ours[name]))
+            theirs[name].copy_(ours[name])
+    with torch.no_grad():
+        ours_logits, theirs_logits = (model(input_ids=ids).logits for model in adapted)
+    torch.testing.assert_close(ours_logits, theirs_logits, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ours_logits[:, -ids.shape[1] :], base_logits, atol=1e-3)  # the adapter acts
+
+    # It trains (gradients reach the adapter only) and generates with its cache, as Llama's does.
+    adapted[0].train()
+    adapted[0](input_ids=ids, labels=ids).loss.backward()
+    assert all(ours[name].grad is not None for name in trainable)
+    assert all(p.grad is None for name, p in ours.items() if name not in trainable)
+    adapted[0].eval()
+    kwargs = dict(input_ids=ids[:, :5], attention_mask=torch.ones_like(ids[:, :5]), max_new_tokens=5)
+    generated = [model.generate(**kwargs, do_sample=False, pad_token_id=0) for model in adapted]
+    torch.testing.assert_close(generated[0], generated[1], rtol=0, atol=0)
+
+
+def test_the_model_card_snippets_run_where_the_package_is_not_installed(pretrained):
+    # The card's own code, in order (load and generate, then peft with the modules it names), in a process that
+    # cannot import cogfm_hf and has no stdin to answer a trust_remote_code prompt on.
+    card = (pretrained / "README.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL)
+    assert len(snippets) == 2 and "get_peft_model" in snippets[1]
+    check = (
+        "\ntrainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]\n"
+        "assert trainable and all('lora_' in n for n in trainable), trainable\n"
+        "assert {n.split('.')[-4] for n in trainable} == set(lora.target_modules), trainable\n"
+        "get_peft_model(type(model).from_pretrained(%r, trust_remote_code=True), ia3)\n"
+        "print('adapted', len(trainable))\n" % pretrained.name
+    )
+    result = run_isolated_python("\n".join(snippets) + check, cwd=pretrained.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "adapted" in result.stdout
