@@ -291,9 +291,9 @@ class CogFMModel(CogFMPreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
 
+        # Only positions the caller gave can describe packed documents; the mask code reads them for that.
+        given_position_ids = position_ids
         if position_ids is None:
             # Positions continue after whatever the cache already holds (no cache_position in v5).
             past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -308,9 +308,14 @@ class CogFMModel(CogFMPreTrainedModel):
                     inputs_embeds=inputs_embeds,
                     attention_mask=attention_mask,
                     past_key_values=past_key_values,
-                    position_ids=position_ids,
+                    position_ids=given_position_ids,
                 )
             }
+        # The cache is created after the mask: transformers reads packed documents from restarting position_ids
+        # only when there is no cache, and a cache made here holds no earlier tokens. So a packed row is masked
+        # per document with use_cache on too (Llama creates the cache first, and lets such documents mix).
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)

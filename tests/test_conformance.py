@@ -18,7 +18,12 @@ from peft import (
     PromptTuningConfig,
     get_peft_model,
 )
-from transformers import AttentionInterface, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AttentionInterface,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from cogfm_hf import CogFMForCausalLM, CogFMModel
@@ -241,3 +246,46 @@ def test_the_model_card_snippets_run_where_the_package_is_not_installed(pretrain
     result = run_isolated_python("\n".join(snippets) + check, cwd=pretrained.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "adapted" in result.stdout
+
+
+def _packed_row_and_documents():
+    lengths = [5, 3, 6]
+    documents = [torch.randint(3, 97, (1, n)) for n in lengths]
+    row = torch.cat(documents, dim=1)
+    position_ids = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    return row, position_ids, documents
+
+
+@pytest.mark.parametrize(
+    "attn_implementation",
+    ["eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow)],  # flex compiles on CPU: ~40 s
+)
+def test_packed_documents_never_attend_to_each_other(attn_implementation):
+    # Our training rows: several documents, position_ids restarting at each, no attention mask. Every token's
+    # logits must equal those of its document run alone.
+    model = CogFMForCausalLM(small_config(attn_implementation=attn_implementation)).eval()
+    row, position_ids, documents = _packed_row_and_documents()
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=document).logits for document in documents], dim=1)
+        for use_cache in (False, True):  # training passes False; a plain forward returns a cache (as Llama's)
+            packed = model(input_ids=row, position_ids=position_ids, use_cache=use_cache).logits
+            torch.testing.assert_close(packed, alone, rtol=1e-4, atol=1e-5, msg=f"use_cache={use_cache}")
+
+
+def _flash_attention_2_available() -> bool:
+    from transformers.utils import is_flash_attn_2_available
+
+    return torch.cuda.is_available() and is_flash_attn_2_available()
+
+
+@pytest.mark.skipif(not _flash_attention_2_available(), reason="needs CUDA and the flash-attn package")
+def test_packed_documents_under_flash_attention_varlen():
+    # flash-attention takes no mask: its varlen path finds the documents in position_ids (hence they reach every
+    # attention call). Runs where a GPU and flash-attn exist (the GPU check); skipped on CPU machines.
+    config = small_config(attn_implementation="flash_attention_2")
+    model = CogFMForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    row, position_ids, documents = _packed_row_and_documents()
+    with torch.no_grad():
+        packed = model(input_ids=row.cuda(), position_ids=position_ids.cuda()).logits.float()
+        alone = torch.cat([model(input_ids=document.cuda()).logits.float() for document in documents], dim=1)
+    torch.testing.assert_close(packed, alone, rtol=2e-2, atol=2e-2)
