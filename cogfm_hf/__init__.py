@@ -8,14 +8,28 @@ card lists them).
 """
 
 from peft.utils import constants as peft_constants
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
 from .modeling.configuration_cogfm import PRESETS, CogFMConfig
-from .modeling.modeling_cogfm import CogFMForCausalLM, CogFMModel, CogFMPreTrainedModel
+from .modeling.modeling_cogfm import (
+    CogFMForCausalLM,
+    CogFMForSequenceClassification,
+    CogFMForTokenClassification,
+    CogFMModel,
+    CogFMPreTrainedModel,
+)
 
 AutoConfig.register(CogFMConfig.model_type, CogFMConfig, exist_ok=True)
 AutoModel.register(CogFMConfig, CogFMModel, exist_ok=True)
 AutoModelForCausalLM.register(CogFMConfig, CogFMForCausalLM, exist_ok=True)
+AutoModelForSequenceClassification.register(CogFMConfig, CogFMForSequenceClassification, exist_ok=True)
+AutoModelForTokenClassification.register(CogFMConfig, CogFMForTokenClassification, exist_ok=True)
 
 # CogFM's modules carry Llama's names (q_proj ... down_proj, input_layernorm...), so each peft method's defaults
 # for Llama fit CogFM. peft looks them up by model_type in module-level dicts its tuners hold references to:
@@ -25,4 +39,12 @@ for _name, _mapping in vars(peft_constants).items():
         _mapping.setdefault(CogFMConfig.model_type, _mapping["llama"])
 
 __version__ = "0.1.0"
-__all__ = ["CogFMConfig", "CogFMModel", "CogFMForCausalLM", "CogFMPreTrainedModel", "PRESETS"]
+__all__ = [
+    "CogFMConfig",
+    "CogFMModel",
+    "CogFMForCausalLM",
+    "CogFMForSequenceClassification",
+    "CogFMForTokenClassification",
+    "CogFMPreTrainedModel",
+    "PRESETS",
+]

@@ -16,7 +16,11 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_layers import (
+    GenericForSequenceClassification,
+    GenericForTokenClassification,
+    GradientCheckpointingLayer,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
@@ -252,12 +256,10 @@ class CogFMPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # `register_for_auto_class` (bottom of this file) writes auto_map only for the saved class;
-        # a Hub checkpoint of either class should answer both AutoModel and AutoModelForCausalLM.
+        # `register_for_auto_class` (bottom of this file) writes auto_map only for the saved class; a checkpoint
+        # of any class should answer every Auto class, e.g. a pretrained LM loaded as a sequence classifier.
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
-        auto_map["AutoModel"] = "modeling_cogfm.CogFMModel"
-        if isinstance(self, CogFMForCausalLM):
-            auto_map["AutoModelForCausalLM"] = "modeling_cogfm.CogFMForCausalLM"
+        auto_map.update({auto: f"modeling_cogfm.{model_class.__name__}" for auto, model_class in AUTO_CLASSES.items()})
         self.config.auto_map = auto_map
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -392,8 +394,50 @@ class CogFMForCausalLM(CogFMPreTrainedModel, GenerationMixin):
         )
 
 
-# Saving then copies this file (and its relative imports) into the checkpoint with an auto_map entry.
-CogFMModel.register_for_auto_class("AutoModel")
-CogFMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+class CogFMForSequenceClassification(GenericForSequenceClassification, CogFMPreTrainedModel):
+    """CogFM with a linear score head read at each row's last non-padding token (as Llama's): the base of
+    verifiers and outcome reward models. Loads from a pretrained CogFM checkpoint; `score` starts untrained."""
 
-__all__ = ["CogFMPreTrainedModel", "CogFMModel", "CogFMForCausalLM"]
+    def __init__(self, config: CogFMConfig):
+        # transformers' generic head builds its base with AutoModel.from_config, which a checkpoint loaded
+        # without this package (trust_remote_code) cannot resolve: build CogFMModel directly.
+        CogFMPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = CogFMModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+
+class CogFMForTokenClassification(GenericForTokenClassification, CogFMPreTrainedModel):
+    """CogFM with a linear score per token (as Llama's): the base of process reward models that label each
+    reasoning step. As in transformers' generic head, the optional config fields `classifier_dropout` (default
+    0.1) and `token_classification_bias` (default true) shape the head."""
+
+    def __init__(self, config: CogFMConfig):
+        CogFMPreTrainedModel.__init__(self, config)  # CogFMModel directly, as in CogFMForSequenceClassification
+        self.num_labels = config.num_labels
+        self.model = CogFMModel(config)
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
+        bias = getattr(config, "token_classification_bias", True)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=bias)
+        self.post_init()
+
+
+# Saving copies this file (and its relative imports) into the checkpoint and writes these auto_map entries.
+AUTO_CLASSES = {
+    "AutoModel": CogFMModel,
+    "AutoModelForCausalLM": CogFMForCausalLM,
+    "AutoModelForSequenceClassification": CogFMForSequenceClassification,
+    "AutoModelForTokenClassification": CogFMForTokenClassification,
+}
+for _auto_class, _model_class in AUTO_CLASSES.items():
+    _model_class.register_for_auto_class(_auto_class)
+
+__all__ = [
+    "CogFMPreTrainedModel",
+    "CogFMModel",
+    "CogFMForCausalLM",
+    "CogFMForSequenceClassification",
+    "CogFMForTokenClassification",
+]

@@ -43,6 +43,8 @@ def test_save_pretrained_writes_a_self_contained_directory(tmp_path):
         "AutoConfig": "configuration_cogfm.CogFMConfig",
         "AutoModel": "modeling_cogfm.CogFMModel",
         "AutoModelForCausalLM": "modeling_cogfm.CogFMForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_cogfm.CogFMForSequenceClassification",
+        "AutoModelForTokenClassification": "modeling_cogfm.CogFMForTokenClassification",
     }
     assert config["architectures"] == ["CogFMForCausalLM"]
     generation = json.loads((tmp_path / "generation_config.json").read_text())
@@ -96,5 +98,11 @@ def test_base_model_checkpoint_and_resave_of_remote_code(tmp_path):
     remote = AutoModelForCausalLM.from_pretrained(tmp_path / "lm", trust_remote_code=True)
     remote.save_pretrained(tmp_path / "again")
     again = json.loads((tmp_path / "again" / "config.json").read_text())
-    assert set(again["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    assert set(again["auto_map"]) == {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForCausalLM",
+        "AutoModelForSequenceClassification",
+        "AutoModelForTokenClassification",
+    }
     assert (tmp_path / "again" / "modeling_cogfm.py").exists()

@@ -20,13 +20,18 @@ from peft import (
 )
 from transformers import (
     AttentionInterface,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    LlamaForTokenClassification,
 )
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from cogfm_hf import CogFMForCausalLM, CogFMModel
+from cogfm_hf import CogFMForCausalLM, CogFMForSequenceClassification, CogFMForTokenClassification, CogFMModel
 from cogfm_hf.benchmarks.model_speed import llama_twin
 
 from .conftest import run_isolated_python, small_config
@@ -246,6 +251,84 @@ def test_the_model_card_snippets_run_where_the_package_is_not_installed(pretrain
     result = run_isolated_python("\n".join(snippets) + check, cwd=pretrained.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "adapted" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (CogFMForSequenceClassification, LlamaForSequenceClassification),
+        (CogFMForTokenClassification, LlamaForTokenClassification),
+    ],
+)
+def test_classification_heads_match_llama(ours, theirs):
+    cogfm = ours(small_config(num_labels=3)).eval()
+    twin = llama_twin(cogfm.config)
+    twin.num_labels, twin.pad_token_id = 3, 0
+    llama = theirs(twin).eval()
+    llama.load_state_dict(cogfm.state_dict(), strict=True)
+    ids = torch.randint(3, 97, (3, 8))
+    ids[0, -3:] = 0  # right padding: a sequence classifier reads the last non-padding token
+    ids[1, :2] = 0  # left padding
+    labels = torch.tensor([0, 2, 1]) if ours is CogFMForSequenceClassification else torch.randint(0, 3, (3, 8))
+    mine, reference = cogfm(ids, labels=labels), llama(ids, labels=labels)
+    torch.testing.assert_close(mine.logits, reference.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mine.loss, reference.loss, rtol=1e-5, atol=1e-5)
+    mine.loss.backward()
+    assert cogfm.score.weight.grad is not None and cogfm.model.embed_tokens.weight.grad is not None
+
+
+CLASSIFY_WITHOUT_THE_PACKAGE = """
+import torch
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+path, ids_path, out_path = {args!r}
+ids = torch.load(ids_path)
+sequence = AutoModelForSequenceClassification.from_pretrained(path + "/sequence", trust_remote_code=True).eval()
+token = AutoModelForTokenClassification.from_pretrained(path + "/token", trust_remote_code=True).eval()
+assert "cogfm_hf" not in type(sequence).__module__, type(sequence).__module__
+with torch.no_grad():
+    torch.save({{"sequence": sequence(ids).logits, "token": token(ids).logits}}, out_path)
+"""
+
+
+def test_a_pretrained_lm_loads_as_a_classifier_with_and_without_the_package(tmp_path):
+    # The path to a verifier or a process reward model: pretrain, then load the checkpoint under a score head.
+    lm = CogFMForCausalLM(small_config()).eval()
+    lm.save_pretrained(tmp_path / "lm")
+    auto_map = json.loads((tmp_path / "lm" / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForSequenceClassification"] == "modeling_cogfm.CogFMForSequenceClassification"
+    ids = torch.randint(3, 97, (2, 8))
+    torch.save(ids, tmp_path / "ids.pt")
+    expected = {}
+    for kind, auto_class in (
+        ("sequence", AutoModelForSequenceClassification),
+        ("token", AutoModelForTokenClassification),
+    ):
+        classifier = auto_class.from_pretrained(tmp_path / "lm", num_labels=2).eval()
+        assert type(classifier).__name__ == f"CogFMFor{kind.title()}Classification"
+        for name, value in lm.model.state_dict().items():  # the backbone is the LM's, the head is new
+            torch.testing.assert_close(classifier.model.state_dict()[name], value, rtol=0, atol=0)
+        classifier.save_pretrained(tmp_path / kind)
+        with torch.no_grad():
+            expected[kind] = classifier(ids).logits
+    # A classifier's checkpoint also answers AutoModelForCausalLM (its auto_map names every head).
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "sequence").config.num_labels == 2
+
+    script = CLASSIFY_WITHOUT_THE_PACKAGE.format(
+        args=(str(tmp_path), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt"))
+    )
+    result = run_isolated_python(script, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dumped = torch.load(tmp_path / "out.pt")
+    for kind, logits in expected.items():
+        torch.testing.assert_close(dumped[kind], logits, rtol=0, atol=0)
+
+
+def test_sequence_classification_takes_lora_and_trains_its_head_whole():
+    model = CogFMForSequenceClassification(small_config(num_labels=2))
+    adapted = get_peft_model(model, LoraConfig(task_type="SEQ_CLS"))  # default targets; the head is trained whole
+    trainable = {name for name, parameter in adapted.named_parameters() if parameter.requires_grad}
+    assert any("lora_" in name for name in trainable) and any("score" in name for name in trainable)
+    adapted(input_ids=torch.randint(3, 97, (2, 6)), labels=torch.tensor([0, 1])).loss.backward()
 
 
 def _packed_row_and_documents():
