@@ -29,6 +29,7 @@ from transformers import (
     LlamaForSequenceClassification,
     LlamaForTokenClassification,
 )
+from transformers.cache_utils import DynamicCache, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from cogfm_hf import CogFMForCausalLM, CogFMForSequenceClassification, CogFMForTokenClassification, CogFMModel
@@ -372,3 +373,28 @@ def test_packed_documents_under_flash_attention_varlen():
         packed = model(input_ids=row.cuda(), position_ids=position_ids.cuda()).logits.float()
         alone = torch.cat([model(input_ids=document.cuda()).logits.float() for document in documents], dim=1)
     torch.testing.assert_close(packed, alone, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("cache_class", [DynamicCache, StaticCache], ids=lambda c: c.__name__)
+def test_generation_continues_from_a_cache_the_caller_holds(cache_class):
+    # A multi-turn pattern: generate, keep the cache, append text, generate again without recomputing the prefix.
+    cogfm, llama = cogfm_and_llama()
+    prompt, follow_up = torch.randint(3, 97, (1, 6)), torch.randint(3, 97, (1, 3))
+    results = []
+    for model in (cogfm, llama):
+        kwargs = dict(max_cache_len=64) if cache_class is StaticCache else {}
+        cache = cache_class(config=model.config, **kwargs)
+        first = model.generate(prompt, past_key_values=cache, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        second = model.generate(
+            torch.cat([first, follow_up], dim=1),
+            past_key_values=cache,
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=0,
+        )
+        results.append(second)
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+    fresh = cogfm.generate(
+        torch.cat([results[0][:, :10], follow_up], dim=1), max_new_tokens=4, do_sample=False, pad_token_id=0
+    )
+    torch.testing.assert_close(results[0], fresh, rtol=0, atol=0)  # the kept cache changes nothing
