@@ -176,52 +176,65 @@ def _run(args: list[str], cwd: Path, timeout=600) -> subprocess.CompletedProcess
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_resume_after_a_kill_matches_a_straight_run(data_dir, tmp_path):
+KILLED_INSIDE_A_SAVE = """
+import os, signal
+from cogfm_hf.training.run import main
+from cogfm_hf.training.trainer import CogFMTrainer
+save_rng_state = CogFMTrainer._save_rng_state
+def save_rng_state_or_die(self, output_dir):
+    if self.state.global_step == {step}:  # the weights and the optimizer are written, the trainer state is not
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save_rng_state(self, output_dir)
+CogFMTrainer._save_rng_state = save_rng_state_or_die
+main("pretrain", {argv!r})
+"""
+
+
+def test_kill_inside_a_save_and_sigterm_then_resume_latest_match_a_straight_run(data_dir, tmp_path):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe(data_dir, tmp_path / "unused"))
-    base = [
-        sys.executable,
-        str(PRETRAIN),
-        str(recipe),
-        "--max_steps",
-        "40",
-        "--save_steps",
-        "20",
-        "--per_device_train_batch_size",
-        "8",
-    ]
-    straight = _run(base + ["--output_dir", str(tmp_path / "straight")], tmp_path)
+    options = ["--max_steps", "40", "--save_steps", "10", "--per_device_train_batch_size", "8"]
+    straight = _run(
+        [sys.executable, str(PRETRAIN), str(recipe), *options, "--output_dir", str(tmp_path / "straight")], tmp_path
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    interrupted = tmp_path / "interrupted"
+    # 1. kill -9 inside the save of checkpoint-20: nothing of it is visible, checkpoint-10 is whole.
+    run = tmp_path / "interrupted"
+    argv = [str(recipe), *options, "--output_dir", str(run)]
+    killed = _run([sys.executable, "-c", KILLED_INSIDE_A_SAVE.format(step=20, argv=argv)], tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-10"]
+    assert (run / ".staging" / "checkpoint-20" / "model.safetensors").exists()  # the half-written one, unseen
+
+    # 2. Resume the newest complete checkpoint; SIGTERM (a scheduler's preemption) once checkpoint-30 is out: the
+    # step in progress finishes, a checkpoint is saved, the process exits 143.
+    resume = [sys.executable, str(PRETRAIN), *argv, "--resume_from_checkpoint", "latest"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(
-        base + ["--output_dir", str(interrupted)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        resume, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    marker = interrupted / "checkpoint-20" / "trainer_state.json"  # written last: the checkpoint is complete
     deadline = time.time() + 300
-    while not marker.exists() and time.time() < deadline and process.poll() is None:
+    while not (run / "checkpoint-30").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert marker.exists() and not (interrupted / "checkpoint-40").exists(), "the kill came too late"
-
-    resumed = _run(
-        base + ["--output_dir", str(interrupted), "--resume_from_checkpoint", str(interrupted / "checkpoint-20")],
-        tmp_path,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert "resume: from" in stdout and "checkpoint-10 (the newest complete checkpoint)" in stdout, stdout[-2000:]
+    assert not (run / ".staging" / "checkpoint-20").exists()  # the interrupted save's leftovers are gone
+    if process.returncode != 0:  # the signal came before the last step ended (almost always)
+        assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+        assert "SIGTERM: stopped after step" in stderr and "--resume_from_checkpoint latest" in stderr, stderr[-3000:]
+        stopped = max(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
+        assert 30 < stopped <= 40 and not (run / "model.safetensors").exists(), stopped
+        resumed = _run(resume, tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert f"checkpoint-{stopped} (the newest complete checkpoint)" in resumed.stdout
 
     def losses(run):
         history = json.loads((run / "checkpoint-40" / "trainer_state.json").read_text())["log_history"]
         return [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
 
-    assert losses(interrupted) == losses(tmp_path / "straight")
-    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    assert losses(run) == losses(tmp_path / "straight")
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(run / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

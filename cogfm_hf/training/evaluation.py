@@ -169,6 +169,8 @@ class LMEvalCallback(TrainerCallback):
             self._evaluate(state, control, model, processing_class, self.config.limit)
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if control.should_training_stop and state.global_step < state.max_steps:
+            return  # stopping early (SIGTERM): the checkpoint matters, an evaluation now would delay it
         if state.global_step >= state.max_steps:
             self.final_results = self._evaluate(state, control, model, processing_class, self.config.final_limit)
         elif self.config.every_steps and state.global_step % self.config.every_steps == 0:

@@ -1,6 +1,7 @@
 """What a training run writes besides the Trainer's own checkpoints.
 
-Every `checkpoint-N` gets the resolved recipe (`cogfm_recipe.yaml`, by `SaveRecipeCallback`). The final
+Every `checkpoint-N` gets the resolved recipe (`cogfm_recipe.yaml`, written by CogFMTrainer before the checkpoint
+is published, so a checkpoint is never without it). The final
 checkpoint (the run's output directory) is Hub-ready — modeling code and `auto_map`, consolidated safetensors
 weights, tokenizer — and also holds the recipe, `training_summary.json`, `trainer_state.json` (the log history),
 `eval_results.json` and a model card (`README.md`) when the run evaluated, and the plots `loss.png` and
@@ -13,7 +14,6 @@ import json
 from pathlib import Path
 
 import yaml
-from transformers import TrainerCallback
 
 from .evaluation import scores
 from .model_card import read_data_report, write_model_card
@@ -22,21 +22,12 @@ from .plots import plot_eval_history_by_difficulty, plot_losses
 RECIPE_FILE = "cogfm_recipe.yaml"
 
 
-class SaveRecipeCallback(TrainerCallback):
-    """Writes the resolved recipe into every checkpoint, so each one says exactly how it was made."""
-
-    def __init__(self, recipe: dict):
-        self.recipe = recipe
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if checkpoint.is_dir():
-                write_recipe(checkpoint, self.recipe)
+def recipe_text(recipe: dict) -> str:
+    return yaml.safe_dump(recipe, sort_keys=False)
 
 
 def write_recipe(directory: Path, recipe: dict) -> None:
-    (Path(directory) / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
+    (Path(directory) / RECIPE_FILE).write_text(recipe_text(recipe))
 
 
 def save_final_checkpoint(trainer, tokenizer, output: Path) -> None:

@@ -27,6 +27,7 @@ from transformers import TrainingArguments
 from ..config import Config, convert
 from ..data.recipe import DataRecipe
 from ..modeling.configuration_cogfm import PRESETS, CogFMConfig
+from .checkpoints import LATEST
 from .evaluation import EvalConfig
 from .loss import LossConfig
 
@@ -153,6 +154,9 @@ class TrainRecipe(Config):
                     f"training.{name}", "not a transformers.TrainingArguments field (check its spelling)"
                 )
             if name == "bf16" and value == "auto":
+                continue
+            if name == "resume_from_checkpoint" and isinstance(value, bool):  # transformers' own meaning of true
+                self.training[name] = LATEST if value else None
                 continue
             checked = convert(value, hints[name], f"training.{name}")
             # TrainingArguments gets the value as given (an int warmup_steps stays an int), except a number that

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ from ..modeling.configuration_cogfm import CogFMConfig
 from ..modeling.modeling_cogfm import CogFMForCausalLM
 from ..presets import train_flops_per_token
 from ..tasks import BACK
+from .checkpoints import Preempted, clear_staging, resolve_resume
 from .evaluation import LMEvalCallback
-from .outputs import SaveRecipeCallback, save_final_checkpoint, write_recipe, write_run_outputs
+from .outputs import RECIPE_FILE, recipe_text, save_final_checkpoint, write_recipe, write_run_outputs
 from .recipe import TrainRecipe
 from .trainer import CogFMTrainer
 
@@ -45,6 +47,7 @@ class RunSetup:
     cpu_threads: int | None  # None on accelerators
     tokenizer: PreTrainedTokenizerBase
     dataset: Dataset
+    resume_from: str | None  # the complete checkpoint to resume from (cogfm_hf.training.checkpoints)
 
     @property
     def seq_len(self) -> int:
@@ -82,11 +85,17 @@ def training_arguments(recipe: TrainRecipe) -> tuple[TrainingArguments, bool]:
 def prepare(recipe: TrainRecipe) -> RunSetup:
     args, bf16 = training_arguments(recipe)  # first: it sets up the distributed state (CPU or GPU)
     state = PartialState()
+    # Before any work: a checkpoint to resume from must exist and be complete.
+    resume_from = resolve_resume(
+        args.resume_from_checkpoint, args.output_dir, args.save_only_model, announce=state.is_main_process
+    )
+    if state.is_main_process:
+        clear_staging(args.output_dir)  # what a save interrupted in an earlier run left
     threads = set_cpu_threads(recipe.cpu_threads) if args.use_cpu else None
     with state.main_process_first():  # the main process builds; the others then find it built
         data_dir = build(recipe.data)
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
-    return RunSetup(args, bf16, state, threads, tokenizer, load_packed(data_dir / "packed"))
+    return RunSetup(args, bf16, state, threads, tokenizer, load_packed(data_dir / "packed"), resume_from)
 
 
 def build_model(recipe: TrainRecipe, tokenizer, seq_len: int) -> CogFMForCausalLM:
@@ -130,8 +139,18 @@ def make_trainer(recipe: TrainRecipe, model, setup: RunSetup) -> CogFMTrainer:
         newline_ids=newline_token_ids(setup.tokenizer),
         flops_per_token=train_flops_per_token(config, setup.seq_len),
         peak_flops=peak or None,
-        callbacks=[SaveRecipeCallback(recipe.to_dict())],
+        checkpoint_files={RECIPE_FILE: recipe_text(recipe.to_dict())},
     )
+
+
+def train(trainer: CogFMTrainer, setup: RunSetup) -> None:
+    trainer.train(resume_from_checkpoint=setup.resume_from)
+    if trainer.preemption.received:
+        checkpoint = Path(setup.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+        raise Preempted(
+            f"SIGTERM: stopped after step {trainer.state.global_step} and saved {checkpoint}; run the same command "
+            "with --resume_from_checkpoint latest to continue exactly where it stopped"
+        )
 
 
 def pretrain(recipe: TrainRecipe) -> Path:
@@ -149,7 +168,7 @@ def pretrain(recipe: TrainRecipe) -> Path:
     if evaluation:
         trainer.add_callback(evaluation)
 
-    trainer.train(resume_from_checkpoint=setup.args.resume_from_checkpoint)
+    train(trainer, setup)
     output = Path(setup.args.output_dir)
     save_final_checkpoint(trainer, setup.tokenizer, output)
     if setup.state.is_main_process:
@@ -196,7 +215,7 @@ def finetune_lora(recipe: TrainRecipe) -> Path:
     trainer = make_trainer(recipe, model, setup)
     if recipe.eval.enabled:  # the adapted model, evaluated as pretraining evaluates (logged beside the loss)
         trainer.add_callback(LMEvalCallback(trainer, recipe.eval))
-    trainer.train(resume_from_checkpoint=setup.args.resume_from_checkpoint)
+    train(trainer, setup)
     output = Path(setup.args.output_dir)
     trainer.save_model(str(output))  # the adapter only: adapter_config.json names the base checkpoint
     if setup.state.is_main_process:
@@ -225,3 +244,6 @@ def main(flow: str, argv: list[str] | None = None, default_recipe: str | Path | 
         FLOWS[flow](TrainRecipe.load(recipe_path, argv))
     except RecipeError as error:
         sys.exit(f"recipe error: {error}")
+    except Preempted as stop:
+        print(stop, file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGTERM)  # what a process ended by SIGTERM reports; schedulers requeue on it

@@ -1,15 +1,19 @@
 """CogFMTrainer: transformers' Trainer with the curriculum sampler, the self-correction loss, per-task
-logging, and a guard that skips bad updates."""
+logging, a guard that skips bad updates, and checkpoints that appear only when complete."""
 
 from __future__ import annotations
 
 import math
+import shutil
 import time
+from pathlib import Path
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..data.pack import TASK_VOCAB
+from .checkpoints import STAGING, SaveOnSigterm, explain_save_error, publish
 from .guard import SkipStepOptimizer
 from .loss import LossConfig, self_correction_loss, token_weights
 from .recipe import CurriculumConfig, GuardConfig
@@ -43,6 +47,7 @@ class CogFMTrainer(Trainer):
         newline_ids: list[int],
         flops_per_token: float | None = None,
         peak_flops: float | None = None,
+        checkpoint_files: dict[str, str] | None = None,
         **kwargs,
     ):
         kwargs.setdefault("data_collator", collate_packed)
@@ -65,6 +70,44 @@ class CogFMTrainer(Trainer):
         # MFU = flops_per_token x tokens/s / (peak_flops x processes); None leaves it out of the logs.
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self._last_log_time: float | None = None
+        self.checkpoint_files = dict(checkpoint_files or {})  # name -> text, written into every checkpoint
+        self.preemption = SaveOnSigterm(reduce_sum=self._sum_over_processes if self.args.world_size > 1 else None)
+        self.add_callback(self.preemption)
+
+    def _sum_over_processes(self, value: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(value.to(self.args.device), reduction="sum").cpu()
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint, written into `<output_dir>/.staging/checkpoint-N` and renamed into place once
+        every process has written its part (cogfm_hf.training.checkpoints): a kill or a full disk mid-save never
+        leaves a checkpoint that resume, rotation or a user would take for a whole one."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged = run_dir / STAGING / name
+        if self.args.should_save:
+            shutil.rmtree(staged, ignore_errors=True)  # what an interrupted save of this step left
+        self.accelerator.wait_for_everyone()
+        self.args.output_dir = str(run_dir / STAGING)  # where the Trainer's save puts checkpoint-N
+        try:
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                for file_name, text in self.checkpoint_files.items():
+                    (staged / file_name).write_text(text)
+        except OSError as error:
+            raise explain_save_error(error, staged) from error
+        finally:
+            self.args.output_dir = str(run_dir)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            publish(staged, run_dir / name)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
 
     # -- data order -------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):

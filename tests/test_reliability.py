@@ -1,0 +1,72 @@
+"""Reliability: checkpoints are whole or invisible, and resume says which checkpoint it takes and why
+(issue #19; the kill and SIGTERM runs are in test_training.py)."""
+
+import errno
+
+import pytest
+
+from cogfm_hf.config import RecipeError
+from cogfm_hf.training.checkpoints import explain_save_error, missing_parts, publish, resolve_resume
+from cogfm_hf.training.recipe import TrainRecipe
+
+from .conftest import tiny_recipe
+
+
+def _checkpoint(directory, *files):
+    directory.mkdir(parents=True)
+    for name in files:
+        (directory / name).write_text("x")
+    return directory
+
+
+COMPLETE = ("trainer_state.json", "model.safetensors", "optimizer.pt")
+
+
+def test_latest_takes_the_newest_complete_checkpoint_and_says_what_it_passed_over(tmp_path, capsys):
+    _checkpoint(tmp_path / "checkpoint-3", *COMPLETE)
+    _checkpoint(tmp_path / "checkpoint-9", *COMPLETE)
+    _checkpoint(tmp_path / "checkpoint-12", "model.safetensors", "optimizer.pt")  # killed before its state
+    _checkpoint(tmp_path / "checkpoint-15", "trainer_state.json")  # a disk that filled up
+    (tmp_path / "checkpoint-99").write_text("not a directory")
+    assert resolve_resume("latest", tmp_path) == str(tmp_path / "checkpoint-9")
+    out = capsys.readouterr().out
+    assert "passing over checkpoint-15, incomplete (no model weights" in out
+    assert "passing over checkpoint-12, incomplete (no trainer_state.json)" in out
+    assert "from " + str(tmp_path / "checkpoint-9") in out
+    # Model-only checkpoints (save_only_model) need no optimizer state.
+    _checkpoint(tmp_path / "checkpoint-20", "trainer_state.json", "model.safetensors")
+    assert resolve_resume("latest", tmp_path, model_only=True) == str(tmp_path / "checkpoint-20")
+    assert resolve_resume("latest", tmp_path) == str(tmp_path / "checkpoint-9")
+
+
+def test_resume_refuses_what_it_cannot_use_naming_the_field_and_the_fix(tmp_path):
+    with pytest.raises(RecipeError, match=r"training.resume_from_checkpoint: `latest` found no complete checkpoint"):
+        resolve_resume("latest", tmp_path)
+    broken = _checkpoint(tmp_path / "checkpoint-4", "model.safetensors")
+    with pytest.raises(RecipeError, match=r"checkpoint-4 is incomplete \(no trainer_state.json, optimizer state"):
+        resolve_resume(str(broken), tmp_path)
+    with pytest.raises(RecipeError, match=r"nowhere is not a directory; give a checkpoint-N directory"):
+        resolve_resume(str(tmp_path / "nowhere"), tmp_path)
+    assert resolve_resume(None, tmp_path) is None
+    assert missing_parts(_checkpoint(tmp_path / "checkpoint-5", *COMPLETE)) == []
+
+
+def test_resume_true_means_latest_as_in_transformers(tmp_path):
+    recipe = tiny_recipe(tmp_path / "data", tmp_path / "out")
+    recipe["training"]["resume_from_checkpoint"] = True
+    assert TrainRecipe.from_dict(recipe).training["resume_from_checkpoint"] == "latest"
+
+
+def test_publishing_replaces_an_older_checkpoint_of_the_same_step_whole(tmp_path):
+    old = _checkpoint(tmp_path / "checkpoint-6", *COMPLETE, "old-only")
+    staged = _checkpoint(tmp_path / ".staging" / "checkpoint-6", *COMPLETE)
+    publish(staged, old)
+    assert sorted(p.name for p in old.iterdir()) == sorted(COMPLETE) and not staged.exists()
+    assert not (tmp_path / ".staging" / "retired-checkpoint-6").exists()
+
+
+def test_a_full_disk_is_named_and_the_partial_save_removed(tmp_path):
+    staged = _checkpoint(tmp_path / ".staging" / "checkpoint-8", "model.safetensors")
+    error = explain_save_error(OSError(errno.ENOSPC, "No space left on device"), staged)
+    assert "is full" in str(error) and "--resume_from_checkpoint latest" in str(error)
+    assert not staged.exists()
