@@ -1,6 +1,7 @@
 """CogFMTrainer and the training entry points, on a small task-only data build and a shrunk cogfm-tiny."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -16,7 +18,8 @@ from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
 from cogfm_hf import CogFMForCausalLM
 from cogfm_hf.data import load_packed
 from cogfm_hf.training import CogFMTrainer
-from cogfm_hf.training.recipe import TrainRecipe
+from cogfm_hf.training.guard import GuardStop
+from cogfm_hf.training.recipe import GuardConfig, TrainRecipe
 from cogfm_hf.training.run import build_model, finetune_lora, newline_token_ids
 
 from .conftest import run_isolated_python, tiny_recipe, write_recipe
@@ -169,6 +172,51 @@ def test_a_nan_step_is_skipped_and_training_continues(data_dir, tmp_path):
         assert same == (step == 3), step
     logged = [entry for entry in trainer.state.log_history if "guard/skipped_updates" in entry]
     assert logged[-1]["guard/skipped_updates"] == 1
+
+
+def test_a_skipped_step_does_not_advance_the_schedule(data_dir, tmp_path):
+    rates = {}
+
+    class Rates(TrainerCallback):
+        def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+            rates[state.global_step] = lr_scheduler.get_last_lr()[0]
+
+    trainer = _trainer(
+        data_dir, tmp_path, callbacks=[Rates()], max_steps=4, lr_scheduler_type="linear", learning_rate=1e-3
+    )
+    real_compute_loss = trainer.compute_loss
+    trainer.compute_loss = lambda *a, **k: (
+        real_compute_loss(*a, **k) * (float("nan") if trainer.state.global_step == 1 else 1.0)
+    )
+    trainer.train()
+    assert [s["step"] for s in trainer.skipped_updates] == [2]
+    # The schedule moved on steps 1, 3 and 4 only: after the skipped step 2 it is where step 1 left it.
+    assert rates[2] == rates[1] and rates[1] > rates[3] > rates[4]
+    assert rates[4] == pytest.approx(1e-3 * (1 - 3 / 4))
+    # The skipped step's loss is logged as NaN, what it was (transformers would log a made-up 0.0).
+    logged = [e["loss"] for e in trainer.state.log_history if "loss" in e and "train_runtime" not in e]
+    assert math.isnan(logged[1]) and all(math.isfinite(v) for i, v in enumerate(logged) if i != 1)
+
+
+def test_the_guard_stops_a_run_whose_updates_are_all_skipped(data_dir, tmp_path):
+    trainer = _trainer(data_dir, tmp_path, max_steps=20)
+    trainer.guard = GuardConfig(max_consecutive_skips=3)
+    real_compute_loss = trainer.compute_loss
+    trainer.compute_loss = lambda *a, **k: (
+        real_compute_loss(*a, **k) * (float("nan") if trainer.state.global_step >= 4 else 1.0)
+    )
+    with pytest.raises(GuardStop, match=r"3 updates in a row skipped \(steps 5-7; the last: non-finite"):
+        trainer.train()
+
+
+def test_the_guard_state_travels_in_checkpoints(data_dir, tmp_path):
+    straight = _trainer(data_dir, tmp_path / "a", max_steps=6, save_strategy="steps", save_steps=3)
+    straight.train()
+    saved = json.loads((tmp_path / "a" / "checkpoint-6" / "guard_state.json").read_text())
+    assert saved == straight.update_guard.guard_state() and saved["loss_ema"] is not None
+    resumed = _trainer(data_dir, tmp_path / "a", max_steps=6, save_strategy="no")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
+    assert resumed.update_guard.guard_state() == saved  # judged as the straight run judged
 
 
 def _run(args: list[str], cwd: Path, timeout=600) -> subprocess.CompletedProcess:

@@ -15,6 +15,10 @@ import torch
 from .recipe import GuardConfig
 
 
+class GuardStop(RuntimeError):
+    """Too many updates in a row were skipped: the run stops rather than train on with frozen weights."""
+
+
 class SkipStepOptimizer(torch.optim.Optimizer):
     """Wraps an optimizer and skips an update whose loss or gradient is non-finite or whose loss spikes.
 
@@ -33,8 +37,11 @@ class SkipStepOptimizer(torch.optim.Optimizer):
       moments and step count) stay as they were, the closure is not run, the average is not moved.
       The gradients are left for the caller to clear, as after any step. The skip is appended to
       :attr:`skipped` as ``{"step": n, "reason": ...}`` (``n`` = steps done + 1) and printed when
-      ``announce`` is true. Nothing above the wrapper is told: an LR scheduler still advances and
-      the caller's step counter still counts the step.
+      ``announce`` is true; :attr:`last_step_skipped` says so until the next step. The caller's step
+      counter still counts the step; CogFMTrainer tells accelerate, so the LR schedule does not advance.
+    - ``max_consecutive_skips`` skips in a row raise :class:`GuardStop`: a loss that stays above the
+      spike threshold has moved for good (or the data broke), and skipping every later update would
+      end the run with the weights of that step and exit 0.
     - Across ranks: give ``reduce_mean``, a mean all-reduce over all ranks. The step's loss and the
       fraction of ranks whose gradients are finite are reduced together in one call, so every rank
       takes the same decision and keeps the same average. Each rank checks only its own gradients
@@ -42,11 +49,12 @@ class SkipStepOptimizer(torch.optim.Optimizer):
 
     Everything else belongs to the wrapped optimizer: ``param_groups``, ``state`` and ``defaults``
     are its own objects, and ``state_dict()``/``load_state_dict()`` are its own, so a checkpoint
-    loads into the bare optimizer and back. The guard's average is not saved: a resumed run starts
-    it afresh from its first step. The wrapper is a ``torch.optim.Optimizer`` so that an LR
-    scheduler (which checks the type and patches ``step`` on the instance it gets), accelerate's
-    ``AcceleratedOptimizer`` and its FSDP2 parameter swap (which look for Optimizer instances and
-    rewrite ``param_groups`` in place) all accept it.
+    loads into the bare optimizer and back. The guard's own state (average, skips, the current run of
+    skips) is :meth:`guard_state` / :meth:`load_guard_state`, which CogFMTrainer keeps in every
+    checkpoint (``guard_state.json``), so a resumed run judges as a straight one would. The wrapper
+    is a ``torch.optim.Optimizer`` so that an LR scheduler (which checks the type and patches
+    ``step`` on the instance it gets), accelerate's ``AcceleratedOptimizer`` and its FSDP2 parameter
+    swap (which look for Optimizer instances and rewrite ``param_groups`` in place) all accept it.
     """
 
     def __init__(
@@ -68,6 +76,8 @@ class SkipStepOptimizer(torch.optim.Optimizer):
         self.announce = announce
         self.skipped: list[dict] = []
         self.loss_ema: float | None = None
+        self.consecutive_skips = 0
+        self.last_step_skipped = False
         self._steps_done = steps_done or (lambda: self._judged)
         self._judged = 0
         self._loss: torch.Tensor | None = None
@@ -113,18 +123,35 @@ class SkipStepOptimizer(torch.optim.Optimizer):
         loss = loss.detach().double()
         self._loss = loss if self._loss is None else self._loss + loss
 
+    def guard_state(self) -> dict:
+        return {"loss_ema": self.loss_ema, "skipped": self.skipped, "consecutive_skips": self.consecutive_skips}
+
+    def load_guard_state(self, state: dict) -> None:
+        self.loss_ema, self.skipped = state["loss_ema"], list(state["skipped"])
+        self.consecutive_skips = state["consecutive_skips"]
+
     def step(self, closure=None):
         loss, self._loss = self._loss, None
+        self.last_step_skipped = False
         if loss is None or not self.config.enabled:
             return self.optimizer.step(closure)
         step = self._steps_done() + 1
         self._judged += 1
         reason = self._judge(loss, spikes_count=step > self.config.warmup_steps)
         if reason is None:
+            self.consecutive_skips = 0
             return self.optimizer.step(closure)
         self.skipped.append({"step": step, "reason": reason})
+        self.consecutive_skips += 1
+        self.last_step_skipped = True
         if self.announce:
             print(f"[guard] skipped the update of step {step}: {reason}", flush=True)
+        if self.consecutive_skips >= self.config.max_consecutive_skips:
+            raise GuardStop(
+                f"guard: {self.consecutive_skips} updates in a row skipped (steps {step - self.consecutive_skips + 1}"
+                f"-{step}; the last: {reason}). The loss has moved for good or the data is broken: resume from the "
+                "last checkpoint with a lower learning_rate, a larger guard.spike_factor or guard.enabled false"
+            )
         return None
 
     def _judge(self, loss: torch.Tensor, spikes_count: bool) -> str | None:

@@ -79,8 +79,11 @@ class GuardConfig(Config):
     spike_factor: float = 3.0  # skip an update whose loss exceeds this multiple of the recent average
     warmup_steps: int = 20  # steps before spikes are judged (the loss falls fast at the start)
     ema_decay: float = 0.9  # how fast the recent average forgets
+    max_consecutive_skips: int = 10  # this many skips in a row stop the run: the loss moved for good, or data broke
 
     def validate(self) -> None:
+        if self.max_consecutive_skips < 1:
+            raise self.invalid("max_consecutive_skips", f"must be >= 1, got {self.max_consecutive_skips}")
         if self.spike_factor <= 1.0:
             raise self.invalid("spike_factor", f"must be > 1 (a multiple of the recent loss), got {self.spike_factor}")
         if self.warmup_steps < 0:

@@ -32,6 +32,7 @@ from ..presets import train_flops_per_token
 from ..tasks import BACK
 from .checkpoints import Preempted, clear_staging, resolve_resume
 from .evaluation import LMEvalCallback
+from .guard import GuardStop
 from .outputs import RECIPE_FILE, recipe_text, save_final_checkpoint, write_recipe, write_run_outputs
 from .recipe import TrainRecipe
 from .trainer import CogFMTrainer
@@ -244,6 +245,8 @@ def main(flow: str, argv: list[str] | None = None, default_recipe: str | Path | 
         FLOWS[flow](TrainRecipe.load(recipe_path, argv))
     except RecipeError as error:
         sys.exit(f"recipe error: {error}")
+    except GuardStop as stop:
+        sys.exit(str(stop))
     except Preempted as stop:
         print(stop, file=sys.stderr, flush=True)
         sys.exit(128 + signal.SIGTERM)  # what a process ended by SIGTERM reports; schedulers requeue on it

@@ -3,13 +3,14 @@ logging, a guard that skips bad updates, and checkpoints that appear only when c
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..data.pack import TASK_VOCAB
@@ -20,6 +21,7 @@ from .recipe import CurriculumConfig, GuardConfig
 from .sampler import CurriculumSampler
 
 MAX_LOGGED_DIFFICULTY = 16
+GUARD_STATE_FILE = "guard_state.json"  # in every checkpoint: a resumed run's guard judges as a straight run's
 
 
 def collate_packed(rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -31,6 +33,20 @@ def collate_packed(rows: list[dict]) -> dict[str, torch.Tensor]:
     }
     batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     return batch
+
+
+class ReportSkippedUpdates(TrainerCallback):
+    """Tells accelerate when the guard skipped the update, as its gradient scaler does on overflow: the Trainer
+    and accelerate's scheduler wrapper then leave the LR schedule where it was, so a skipped step costs no
+    schedule. (`AcceleratedOptimizer.step_was_skipped` reads `_is_overflow`; a test holds this to accelerate.)"""
+
+    def __init__(self, trainer: "CogFMTrainer"):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        guard = self.trainer.update_guard
+        if guard is not None and hasattr(self.trainer.optimizer, "_is_overflow"):
+            self.trainer.optimizer._is_overflow = guard.last_step_skipped
 
 
 class CogFMTrainer(Trainer):
@@ -70,9 +86,17 @@ class CogFMTrainer(Trainer):
         # MFU = flops_per_token x tokens/s / (peak_flops x processes); None leaves it out of the logs.
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self._last_log_time: float | None = None
+        self._skips_logged = 0
         self.checkpoint_files = dict(checkpoint_files or {})  # name -> text, written into every checkpoint
         self.preemption = SaveOnSigterm(reduce_sum=self._sum_over_processes if self.args.world_size > 1 else None)
         self.add_callback(self.preemption)
+        self.add_callback(ReportSkippedUpdates(self))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        state_file = Path(checkpoint) / GUARD_STATE_FILE if checkpoint else None
+        if state_file is not None and state_file.exists() and self.update_guard is not None:
+            self.update_guard.load_guard_state(json.loads(state_file.read_text()))
 
     def _sum_over_processes(self, value: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(value.to(self.args.device), reduction="sum").cpu()
@@ -94,6 +118,8 @@ class CogFMTrainer(Trainer):
             if self.args.should_save:
                 for file_name, text in self.checkpoint_files.items():
                     (staged / file_name).write_text(text)
+                if self.update_guard is not None:
+                    (staged / GUARD_STATE_FILE).write_text(json.dumps(self.update_guard.guard_state()))
         except OSError as error:
             raise explain_save_error(error, staged) from error
         finally:
@@ -230,6 +256,12 @@ class CogFMTrainer(Trainer):
                 logs["curriculum/competence"] = round(self.train_sampler.competence(self.state.global_step), 4)
                 logs["curriculum/pool_size"] = self.train_sampler.pool_size(self.state.global_step)
             logs["guard/skipped_updates"] = len(self.skipped_updates)
+            # transformers puts a running average in place of a non-finite step's loss (0.0 when it opens the
+            # logging window); the window's loss is NaN, as it was: the guard skipped that update.
+            since_last_log = self.skipped_updates[self._skips_logged :]
+            if any(skip["reason"].startswith("non-finite") for skip in since_last_log):
+                logs["loss"] = float("nan")
+            self._skips_logged = len(self.skipped_updates)
             self._reset_log_sums()
         super().log(logs, start_time)
 
