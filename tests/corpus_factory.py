@@ -1,6 +1,7 @@
 """A small corpus with planted cases, for the data-pipeline tests. Every planted document says what
 the pipeline must do with it (`expect`), so the tests compare the build's report with these facts."""
 
+import gzip
 import json
 import random
 from pathlib import Path
@@ -100,6 +101,10 @@ def make_corpus(root: Path, eval_item: dict, good_docs: int = 12) -> dict:
         handle.write(json.dumps({"text": docs[good_docs]}).encode() + b"\n" + b'{"text": "caf\xe9"}\n')
     (prose_dir / "empty.txt").write_text("")
     (prose_dir / "huge.txt").write_text(prose(rng, 30) * 400)  # over max_document_chars
+    # Two good lines, then the gzip stream ends early (a download cut short): both are read, the end is a skip.
+    truncated_docs = [prose(rng), prose(rng)]
+    body = gzip.compress("".join(json.dumps({"text": d}) + "\n" for d in truncated_docs).encode())
+    (prose_dir / "truncated.jsonl.gz").write_bytes(body[:-8])  # without the CRC and size trailer
     code_dir.mkdir()
     (code_dir / "temperature.py").write_text(GOOD_CODE)
     (code_dir / "minified.py").write_text("x=1;" * 700 + "\n")  # one 2,800-character line
@@ -111,6 +116,7 @@ def make_corpus(root: Path, eval_item: dict, good_docs: int = 12) -> dict:
                 (f"{prose_dir / 'bytes.jsonl'}:2", "invalid_utf8"),
                 (f"{prose_dir / 'empty.txt'}:0", "empty_file"),
                 (f"{prose_dir / 'huge.txt'}:1", "absurdly_long"),
+                (f"{prose_dir / 'truncated.jsonl.gz'}:3", "corrupt_compressed"),
             ]
         ),
         "removed": {
@@ -121,7 +127,7 @@ def make_corpus(root: Path, eval_item: dict, good_docs: int = 12) -> dict:
             "code:code_long_line": 1,
             "gopher_repetition": 1,
         },
-        # good prose + the good line of bytes.jsonl + temperature.py
-        "corpus_documents_out": good_docs + 2,
-        "good_texts": docs,
+        # good prose + the good line of bytes.jsonl + the two lines of truncated.jsonl.gz + temperature.py
+        "corpus_documents_out": good_docs + 4,
+        "good_texts": docs + truncated_docs,
     }

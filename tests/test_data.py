@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from cogfm_hf.data import RecipeError, build, load_packed, load_recipe, unpack_documents
 from cogfm_hf.data.pack import TASK_VOCAB
-from cogfm_hf.data.pipeline import lsh_bands
+from cogfm_hf.data.pipeline import EmptyBuildError, lsh_bands
 from cogfm_hf.data.tokenizer import RESERVED_TOKENS
 from cogfm_hf.paths import EVAL_DATA_DIR
 from cogfm_hf.tasks import BACK
@@ -86,7 +86,7 @@ def test_planted_corpus_gives_exactly_the_expected_survivors_and_counts(built):
     sources = report["sources"]
     assert sources["prose"]["documents_out"] + sources["code"]["documents_out"] == expected["corpus_documents_out"]
     assert sources["reasoning"]["documents_out"] == 120 and sources["reasoning"]["removed"] == 0
-    assert report["totals"]["skipped"] == 5
+    assert report["totals"]["skipped"] == 6
     shares = sum(info["token_share"] for info in sources.values())
     assert shares == pytest.approx(1.0)
 
@@ -310,3 +310,22 @@ def test_fingerprint_follows_the_recipe_and_the_format_version(monkeypatch, tmp_
     before = base.fingerprint()
     monkeypatch.setattr(recipe_module, "DATA_FORMAT_VERSION", recipe_module.DATA_FORMAT_VERSION + 1)
     assert base.fingerprint() != before
+
+
+def test_a_build_with_nothing_to_train_on_is_an_error_naming_the_skips(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "bad.jsonl").write_text('{"text": "unterminated\n{"body": "no text"}\n')
+    recipe = {
+        "output_dir": str(tmp_path / "out"),
+        "workers": 1,
+        "sources": [{"name": "broken", "type": "files", "path": str(tmp_path / "src")}],
+        "filters": {"prose": {}, "code": None},
+        "dedup": {"exact": False, "near": False},
+        "tokenizer": {"vocab_size": 300, "train_chars": 10_000},
+        "pack": {"seq_len": 64},
+    }
+    with pytest.raises(
+        EmptyBuildError, match=r"data.sources: .*broken: 0 read, skipped corrupt_json x1, missing_field x1, 0 removed"
+    ):
+        build(recipe)
+    assert not (tmp_path / "out").exists()  # nothing published

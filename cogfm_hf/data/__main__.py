@@ -30,6 +30,8 @@ def main(argv=None):
         build(recipe, overwrite=args.overwrite, keep_work=args.keep_work)
     except FileExistsError as error:
         sys.exit(str(error))
+    except RecipeError as error:  # e.g. sources that gave nothing to train on
+        sys.exit(f"data error: {error}")
 
 
 if __name__ == "__main__":

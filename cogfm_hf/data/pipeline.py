@@ -38,6 +38,7 @@ from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.hashing import HashConfig
 from tqdm import tqdm
 
+from ..config import RecipeError
 from ..paths import EVAL_DATA_DIR
 from .filters import PROSE_FILTERS, CodeQualityFilter, Decontaminate, KindFilter, LengthFilter, TextNormalizer
 from .pack import PackTokens
@@ -272,6 +273,21 @@ def is_built(output: Path, fingerprint: str) -> bool:
     return manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == fingerprint
 
 
+class EmptyBuildError(RecipeError):
+    """The sources gave no document to train on; nothing was published."""
+
+    def __init__(self, report: dict, work: Path):
+        per_source = []
+        for name, info in report["sources"].items():
+            skips = ", ".join(f"{reason} x{count}" for reason, count in info["skipped"].items()) or "none"
+            per_source.append(f"{name}: {info['documents_read']} read, skipped {skips}, {info['removed']} removed")
+        super().__init__(
+            f"the build produced no training data ({'; '.join(per_source) or 'no sources'}); each skip is listed "
+            f"by file:line in {work / 'skips'}. Check the sources' paths and formats",
+            "data.sources",
+        )
+
+
 def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) -> Path:
     output = Path(recipe.output_dir).resolve()
     fingerprint = recipe.fingerprint()
@@ -301,13 +317,15 @@ def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) 
         run_stage(name, steps, tasks, recipe.workers, work)
         seconds[name] = time.perf_counter() - start
 
+    report = build_report(recipe, work, list(stages))
+    if not report["totals"]["sequences"]:
+        raise EmptyBuildError(report, work)
     final = work / "final"
     if final.exists():
         shutil.rmtree(final)
     final.mkdir()
     shutil.copytree(work / "tokenizer", final / "tokenizer")
     shutil.copytree(work / "packed", final / "packed")
-    report = build_report(recipe, work, list(stages))
     report["stage_seconds"] = seconds  # this run's; a resumed build counts only what it ran
     (final / "report.json").write_text(json.dumps(report, indent=2))
     files = sorted(p for p in final.rglob("*") if p.is_file())

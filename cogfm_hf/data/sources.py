@@ -11,6 +11,7 @@ import ast
 import gzip
 import json
 import sysconfig
+import zlib
 from pathlib import Path
 
 from datatrove.data import Document
@@ -153,26 +154,31 @@ class SourcesReader(PipelineStep):
 
     def read_jsonl(self, source, file: Path, kind: str):
         opener = gzip.open if file.name.endswith(".gz") else open
-        with opener(file, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                location = f"{file}:{number}"
-                if not raw.strip():
-                    continue
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    self.skip(source, location, "invalid_utf8", str(error))
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    self.skip(source, location, "corrupt_json", f"{error.msg} at column {error.colno}")
-                    continue
-                text = record.get(source.text_field) if isinstance(record, dict) else None
-                if not isinstance(text, str):
-                    self.skip(source, location, "missing_field", f"no string field {source.text_field!r}")
-                    continue
-                yield self.document(source, text, location, kind)
+        number = 0
+        try:
+            with opener(file, "rb") as handle:
+                for number, raw in enumerate(handle, start=1):
+                    location = f"{file}:{number}"
+                    if not raw.strip():
+                        continue
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as error:
+                        self.skip(source, location, "invalid_utf8", str(error))
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as error:
+                        self.skip(source, location, "corrupt_json", f"{error.msg} at column {error.colno}")
+                        continue
+                    text = record.get(source.text_field) if isinstance(record, dict) else None
+                    if not isinstance(text, str):
+                        self.skip(source, location, "missing_field", f"no string field {source.text_field!r}")
+                        continue
+                    yield self.document(source, text, location, kind)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:  # a truncated or damaged .gz: keep what came before
+            detail = f"{type(error).__name__}: {error}; the {number} line(s) before it were read"
+            self.skip(source, f"{file}:{number + 1}", "corrupt_compressed", detail)
 
     def read_parquet(self, source, file: Path, kind: str):
         import pyarrow.parquet as pq
