@@ -133,6 +133,17 @@ def test_a_section_built_in_python_validates_and_names_itself():
         ),
         (lambda r: r["model"]["overrides"].update(num_key_value_heads=3), r"^model.overrides: CogFMConfig.num_key_"),
         (lambda r: r["data"]["tokenizer"].update(path="/nowhere"), r"^data.tokenizer.path: '/nowhere' holds no"),
+        (lambda r: r["training"].update(max_steps=0), r"^training.max_steps: must be > 0 \(or -1"),
+        (lambda r: r["guard"].update(max_consecutive_skips=0), r"^guard.max_consecutive_skips: must be >= 1"),
+        (
+            lambda r: r["model"]["overrides"].update(vocab_size=100),
+            r"^model.overrides.vocab_size: 100 is smaller than the tokenizer's vocabulary",
+        ),
+        (
+            lambda r: r["model"]["overrides"].update(max_position_embeddings=16),
+            r"^model.overrides.max_position_embeddings: 16 is shorter than the training sequences",
+        ),
+        (lambda r: r["model"].update(checkpoint="/nowhere"), r"^model.checkpoint: '/nowhere' holds no config.json"),
     ],
 )
 def test_values_that_would_be_ignored_or_fail_late_are_refused_up_front(tmp_path, edit, message):
@@ -147,9 +158,22 @@ def test_pretraining_refuses_a_checkpoint_it_would_not_start_from(tmp_path):
     from cogfm_hf.training.run import pretrain
 
     recipe = tiny_recipe(tmp_path / "data", tmp_path / "out")
+    (tmp_path / "config.json").write_text("{}")
     recipe["model"]["checkpoint"] = str(tmp_path)
     with pytest.raises(RecipeError, match="model.checkpoint: pretraining starts from a fresh"):
         pretrain(TrainRecipe.from_dict(recipe))
+    assert not (tmp_path / "data").exists()  # refused before any work
+
+
+def test_lora_refuses_a_checkpoint_of_another_model_type_before_running_its_code(tmp_path):
+    from cogfm_hf.training.run import finetune_lora
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "auto_map": {"AutoModelForCausalLM": "evil.X"}}')
+    (tmp_path / "tokenizer.json").write_text("{}")
+    recipe = tiny_recipe(tmp_path / "data", tmp_path / "out")
+    recipe["model"] = {"checkpoint": str(tmp_path)}
+    with pytest.raises(RecipeError, match=r"model.checkpoint: .* holds a 'llama' model; LoRA here adapts CogFM"):
+        finetune_lora(TrainRecipe.from_dict(recipe))
     assert not (tmp_path / "data").exists()  # refused before any work
 
 

@@ -4,9 +4,10 @@
 import errno
 
 import pytest
+import yaml
 
 from cogfm_hf.config import RecipeError
-from cogfm_hf.training.checkpoints import explain_save_error, missing_parts, publish, resolve_resume
+from cogfm_hf.training.checkpoints import explain_save_error, missing_parts, publish, recipe_changes, resolve_resume
 from cogfm_hf.training.recipe import TrainRecipe
 
 from .conftest import tiny_recipe
@@ -70,3 +71,19 @@ def test_a_full_disk_is_named_and_the_partial_save_removed(tmp_path):
     error = explain_save_error(OSError(errno.ENOSPC, "No space left on device"), staged)
     assert "is full" in str(error) and "--resume_from_checkpoint latest" in str(error)
     assert not staged.exists()
+
+
+def test_resuming_under_another_recipe_names_every_changed_field(tmp_path):
+    checkpoint = _checkpoint(tmp_path / "checkpoint-3", *COMPLETE)
+    before = {"training": {"learning_rate": 0.001, "seed": 0}, "curriculum": {"pacing": "sqrt"}}
+    (checkpoint / "cogfm_recipe.yaml").write_text(yaml.safe_dump(before))
+    now = {
+        "training": {"learning_rate": 0.0003, "seed": 0, "resume_from_checkpoint": "latest"},
+        "curriculum": {"pacing": "linear", "c0": 0.2},
+    }
+    assert recipe_changes(checkpoint, now, "cogfm_recipe.yaml") == [
+        "curriculum.c0: '(unset)' -> 0.2",
+        "curriculum.pacing: 'sqrt' -> 'linear'",
+        "training.learning_rate: 0.001 -> 0.0003",
+    ]
+    assert recipe_changes(checkpoint, before, "cogfm_recipe.yaml") == []

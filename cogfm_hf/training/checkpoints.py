@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import TrainerCallback
 
 from ..config import RecipeError
@@ -82,6 +83,26 @@ def resolve_resume(
         f"training.resume_from_checkpoint: `{LATEST}` found no complete checkpoint in {output_dir}"
         f"{f' ({len(candidates)} incomplete)' if candidates else ''}; start without it to train from scratch"
     )
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def recipe_changes(checkpoint: str | Path, recipe: dict, recipe_file: str) -> list[str]:
+    """`field: before -> now` for each recipe field that differs from the recipe `checkpoint` was made with
+    (empty when it has none recorded). The resume setting itself is not a change."""
+    recorded = Path(checkpoint) / recipe_file
+    if not recorded.is_file():
+        return []
+    before, now = _flatten(yaml.safe_load(recorded.read_text()) or {}), _flatten(recipe)
+    return [
+        f"{field}: {before.get(field, '(unset)')!r} -> {now.get(field, '(unset)')!r}"
+        for field in sorted(set(before) | set(now))
+        if field != "training.resume_from_checkpoint" and before.get(field) != now.get(field)
+    ]
 
 
 def clear_staging(output_dir: str | Path) -> None:

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from transformers import TrainingArguments
@@ -101,6 +102,10 @@ class ModelConfig(Config):
     checkpoint: str | None = None  # fine-tuning: start from this checkpoint instead of a fresh preset
 
     def validate(self) -> None:
+        if self.checkpoint is not None and not (Path(self.checkpoint) / "config.json").is_file():
+            raise self.invalid(
+                "checkpoint", f"{self.checkpoint!r} holds no config.json: give a saved checkpoint directory"
+            )
         if self.preset not in PRESETS:
             raise self.invalid("preset", f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         known = {f.name for f in dataclasses.fields(CogFMConfig)}
@@ -172,10 +177,35 @@ class TrainRecipe(Config):
             )
         if "output_dir" not in self.training:
             raise self.invalid("training.output_dir", "give the run's output directory")
+        if self.training.get("max_steps", -1) == 0 or self.training.get("max_steps", -1) < -1:
+            raise self.invalid(
+                "training.max_steps",
+                f"must be > 0 (or -1: num_train_epochs decides), got {self.training['max_steps']}",
+            )
+        self._check_model_fits_data()
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise self.invalid("peak_tflops", f"must be > 0 or null, got {self.peak_tflops}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise self.invalid("cpu_threads", f"must be >= 1 or null, got {self.cpu_threads}")
+
+    def _check_model_fits_data(self) -> None:
+        """The model must hold the data's vocabulary and sequence length (known before the build: from the recipe;
+        a tokenizer reused from a directory is checked against the model once loaded, in `build_model`)."""
+        overrides = self.model.overrides
+        tokenizer = self.data.tokenizer
+        if "vocab_size" in overrides and tokenizer.path is None and overrides["vocab_size"] < tokenizer.vocab_size:
+            raise self.invalid(
+                "model.overrides.vocab_size",
+                f"{overrides['vocab_size']} is smaller than the tokenizer's vocabulary (data.tokenizer.vocab_size "
+                f"{tokenizer.vocab_size}); leave it out (the model takes the tokenizer's size) or raise it",
+            )
+        seq_len = self.data.pack.seq_len
+        if overrides.get("max_position_embeddings", seq_len) < seq_len:
+            raise self.invalid(
+                "model.overrides.max_position_embeddings",
+                f"{overrides['max_position_embeddings']} is shorter than the training sequences "
+                f"(data.pack.seq_len {seq_len}); leave it out (the model takes at least seq_len) or raise it",
+            )
 
     @classmethod
     def override_key(cls, key: str) -> str:

@@ -11,6 +11,7 @@ first), the model, `CogFMTrainer`, training, then the outputs of cogfm_hf.traini
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -30,7 +31,7 @@ from ..modeling.configuration_cogfm import CogFMConfig
 from ..modeling.modeling_cogfm import CogFMForCausalLM
 from ..presets import train_flops_per_token
 from ..tasks import BACK
-from .checkpoints import Preempted, clear_staging, resolve_resume
+from .checkpoints import Preempted, clear_staging, recipe_changes, resolve_resume
 from .evaluation import LMEvalCallback
 from .guard import GuardStop
 from .outputs import RECIPE_FILE, recipe_text, save_final_checkpoint, write_recipe, write_run_outputs
@@ -92,6 +93,13 @@ def prepare(recipe: TrainRecipe) -> RunSetup:
     )
     if state.is_main_process:
         clear_staging(args.output_dir)  # what a save interrupted in an earlier run left
+        if resume_from and (changes := recipe_changes(resume_from, recipe.to_dict(), RECIPE_FILE)):
+            # Allowed (a cooldown branched from a stable phase changes the schedule on purpose), never silent.
+            print(
+                f"resume: WARNING, this recipe differs from the one {Path(resume_from).name} was made with; "
+                f"the run continues under the new values:\n  " + "\n  ".join(changes),
+                flush=True,
+            )
     threads = set_cpu_threads(recipe.cpu_threads) if args.use_cpu else None
     with state.main_process_first():  # the main process builds; the others then find it built
         data_dir = build(recipe.data)
@@ -109,6 +117,12 @@ def build_model(recipe: TrainRecipe, tokenizer, seq_len: int) -> CogFMForCausalL
         max_position_embeddings=max(preset.max_position_embeddings, seq_len),
     )
     config = CogFMConfig.from_preset(recipe.model.preset, **{**fields, **recipe.model.overrides})
+    if config.vocab_size < len(tokenizer):  # a tokenizer reused from a directory, not known before loading it
+        raise RecipeError(
+            f"{config.vocab_size} is smaller than the tokenizer's vocabulary ({len(tokenizer)}); "
+            "leave it out or raise it",
+            "model.overrides.vocab_size",
+        )
     return CogFMForCausalLM(config)
 
 
@@ -184,13 +198,19 @@ def finetune_lora(recipe: TrainRecipe) -> Path:
     """LoRA on a CogFM checkpoint (`model.checkpoint`), with the same trainer, sampler and loss. Saves the
     adapter to training.output_dir and, with `lora.merged_output_dir`, the merged Hub-ready model."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     checkpoint = recipe.model.checkpoint
     if not checkpoint:
         raise RecipeError("finetune_lora needs model.checkpoint: the CogFM checkpoint to adapt")
     if recipe.model.overrides:
         raise RecipeError("model.overrides: a LoRA run adapts model.checkpoint as it was saved; remove the overrides")
+    # The model is loaded with this package's CogFM classes, never the checkpoint's copied code: a directory with
+    # another model_type and an auto_map would otherwise run its own Python here unasked.
+    model_type = json.loads((Path(checkpoint) / "config.json").read_text()).get("model_type")
+    if model_type != CogFMConfig.model_type:
+        raise RecipeError(
+            f"{checkpoint} holds a {model_type!r} model; LoRA here adapts CogFM checkpoints", "model.checkpoint"
+        )
     if recipe.data.tokenizer.path not in (None, checkpoint):
         raise RecipeError(
             f"data.tokenizer.path: the data must be tokenized as the checkpoint was, with {checkpoint}'s tokenizer; "
@@ -201,7 +221,7 @@ def finetune_lora(recipe: TrainRecipe) -> Path:
     recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, tokenizer=tokenizer_section))
     setup = prepare(recipe)
     set_seed(setup.args.seed)
-    base = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
+    base = CogFMForCausalLM.from_pretrained(checkpoint)
     lora = recipe.lora
     model = get_peft_model(
         base,
