@@ -2,12 +2,18 @@
 (issue #19; the kill and SIGTERM runs are in test_training.py)."""
 
 import errno
+import os
+import pickle
 
 import pytest
+import torch
 import yaml
+from torch.distributed.checkpoint import save as dcp_save
 
+from cogfm_hf import CogFMConfig
 from cogfm_hf.config import RecipeError
 from cogfm_hf.training.checkpoints import explain_save_error, missing_parts, publish, recipe_changes, resolve_resume
+from cogfm_hf.training.fsdp import check_dcp_metadata, export_consolidated
 from cogfm_hf.training.recipe import TrainRecipe
 
 from .conftest import tiny_recipe
@@ -87,3 +93,30 @@ def test_resuming_under_another_recipe_names_every_changed_field(tmp_path):
         "training.learning_rate: 0.001 -> 0.0003",
     ]
     assert recipe_changes(checkpoint, before, "cogfm_recipe.yaml") == []
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_pickled_checkpoint_metadata_is_vetted_before_torch_unpickles_it(tmp_path, monkeypatch):
+    # DCP (FSDP) checkpoints describe themselves in a pickle that torch loads in full: export and resume read it
+    # first with an unpickler that admits only DCP's own classes.
+    monkeypatch.chdir(tmp_path)
+    real = tmp_path / "checkpoint-2" / "pytorch_model_fsdp_0"
+    with pytest.warns(UserWarning, match="single process"):
+        dcp_save({"model": {"w": torch.randn(3, 4), "b": torch.zeros(2, dtype=torch.bfloat16)}}, checkpoint_id=real)
+    check_dcp_metadata(real)  # what a real save writes passes
+    for name in COMPLETE:
+        (tmp_path / "checkpoint-2" / name).write_text("x")
+    assert resolve_resume("latest", tmp_path) == str(tmp_path / "checkpoint-2")
+
+    (real / ".metadata").write_bytes(pickle.dumps(_RunsCode()))
+    with pytest.raises(ValueError, match=r"refused, it is not plain checkpoint metadata \(posix.system\)"):
+        check_dcp_metadata(real)
+    with pytest.raises(RecipeError, match=r"training.resume_from_checkpoint: .*refused"):
+        resolve_resume("latest", tmp_path)
+    with pytest.raises(ValueError, match="refused"):
+        export_consolidated(real, tmp_path / "export", CogFMConfig())
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "export").exists()

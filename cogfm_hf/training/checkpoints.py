@@ -44,6 +44,18 @@ def missing_parts(checkpoint: Path, model_only: bool = False) -> list[str]:
     return missing
 
 
+def check_sharded_parts(checkpoint: Path) -> None:
+    """Sharded (FSDP) parts carry a pickled `.metadata` torch would unpickle in full on resume: vet it first."""
+    from .fsdp import check_dcp_metadata
+
+    for name in ("pytorch_model_fsdp_0", "optimizer_0"):
+        if (checkpoint / name).is_dir():
+            try:
+                check_dcp_metadata(checkpoint / name)
+            except ValueError as error:
+                raise RecipeError(str(error), "training.resume_from_checkpoint") from None
+
+
 def checkpoints_newest_first(output_dir: Path) -> list[Path]:
     found = [p for p in Path(output_dir).iterdir() if p.is_dir() and CHECKPOINT_NAME.match(p.name)]
     return sorted(found, key=lambda p: int(CHECKPOINT_NAME.match(p.name).group(1)), reverse=True)
@@ -68,6 +80,7 @@ def resolve_resume(
                 f"training.resume_from_checkpoint: {checkpoint} is incomplete (no {', '.join(missing)}); "
                 f"resume from an earlier checkpoint, or use `{LATEST}`"
             )
+        check_sharded_parts(checkpoint)
         return str(checkpoint)
     output_dir = Path(output_dir)
     candidates = checkpoints_newest_first(output_dir) if output_dir.is_dir() else []
@@ -76,6 +89,7 @@ def resolve_resume(
             if announce:
                 print(f"resume: passing over {checkpoint.name}, incomplete (no {', '.join(missing)})", flush=True)
             continue
+        check_sharded_parts(checkpoint)
         if announce:
             print(f"resume: from {checkpoint} (the newest complete checkpoint)", flush=True)
         return str(checkpoint)

@@ -12,6 +12,7 @@ Accelerate's `merge_fsdp_weights` into a Hub-ready CogFM checkpoint.
 from __future__ import annotations
 
 import argparse
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -51,6 +52,43 @@ def save_sharded(model: torch.nn.Module, checkpoint_dir: Path) -> Path:
     return target
 
 
+class _MetadataUnpickler(pickle.Unpickler):
+    """Loads only what DCP's `.metadata` is made of: its own metadata classes, torch sizes, dtypes and layouts,
+    paths. Anything else (`os.system`, `builtins.eval`...) is refused before it can run."""
+
+    def find_class(self, module: str, name: str):
+        allowed = (
+            (module.startswith("torch.distributed.checkpoint.") and not name.startswith("__"))
+            or (module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)))
+            or (module == "torch.serialization" and name == "_get_layout")
+            or (module == "pathlib" and name in {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"})
+            or (module == "collections" and name == "OrderedDict")
+        )
+        if not allowed:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        found = super().find_class(module, name)
+        if module.startswith("torch.distributed.checkpoint.") and not isinstance(found, type):
+            raise pickle.UnpicklingError(f"{module}.{name} (not a class)")
+        return found
+
+
+def check_dcp_metadata(directory: Path) -> None:
+    """DCP checkpoints (FSDP shards) describe themselves in `.metadata`, a pickle that torch unpickles in full on
+    load: a crafted one runs code. Read it first with an unpickler that admits only DCP's own classes, and
+    refuse the directory if it holds anything else."""
+    metadata = Path(directory) / ".metadata"
+    if not metadata.is_file():
+        raise ValueError(f"{directory}: no .metadata, so not a torch.distributed.checkpoint directory")
+    try:
+        with metadata.open("rb") as handle:
+            _MetadataUnpickler(handle).load()
+    except (pickle.UnpicklingError, AttributeError, EOFError, ValueError) as error:
+        raise ValueError(
+            f"{metadata}: refused, it is not plain checkpoint metadata ({error}); it could run code when loaded. "
+            "Load only checkpoints written by your own runs"
+        ) from None
+
+
 def export_consolidated(
     sharded_dir: Path, output_dir: Path, config: CogFMConfig, tokenizer_dir: Path | None = None
 ) -> Path:
@@ -58,6 +96,7 @@ def export_consolidated(
     from accelerate.utils import merge_fsdp_weights
     from safetensors.torch import load_file
 
+    check_dcp_metadata(sharded_dir)
     with tempfile.TemporaryDirectory() as scratch:
         merge_fsdp_weights(str(sharded_dir), scratch, safe_serialization=True)
         state_dict = load_file(str(Path(scratch) / "model.safetensors"))
