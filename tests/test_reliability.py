@@ -4,6 +4,7 @@
 import errno
 import os
 import pickle
+import time
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch.distributed.checkpoint import save as dcp_save
 
 from cogfm_hf import CogFMConfig
 from cogfm_hf.config import RecipeError
+from cogfm_hf.tasks.code import ForeignProgram, ProgramTimeout, run_program
 from cogfm_hf.training.checkpoints import explain_save_error, missing_parts, publish, recipe_changes, resolve_resume
 from cogfm_hf.training.fsdp import check_dcp_metadata, export_consolidated
 from cogfm_hf.training.recipe import TrainRecipe
@@ -120,3 +122,30 @@ def test_pickled_checkpoint_metadata_is_vetted_before_torch_unpickles_it(tmp_pat
     with pytest.raises(ValueError, match="refused"):
         export_consolidated(real, tmp_path / "export", CogFMConfig())
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize(
+    "source, refusal",
+    [
+        ("print(().__class__.__base__.__subclasses__())", r"characters \['.', '_'\]"),
+        ("import os\nos.system('touch pwned')", r"characters"),
+        ("a = 9**9**9**9\nprint(a)", r"'\*\*' is not in the generator's grammar"),
+        ("a = exec\nprint(a)", r"name 'exec' is not one the generator writes"),
+        ("a = 1" + "0" * 40 + "\nprint(a)", r"longer than 12 digits"),
+    ],
+)
+def test_the_code_tracer_runs_only_programs_of_its_own_grammar(tmp_path, monkeypatch, source, refusal):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ForeignProgram, match=refusal):
+        run_program(source)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_the_code_tracer_stops_a_runaway_program_by_lines_and_time():
+    with pytest.raises(ProgramTimeout):
+        run_program("a = 0\nfor i in range(100000000):\n    a = a + 1\nprint(a)")
+    start = time.monotonic()
+    with pytest.raises(ProgramTimeout):  # each line slower than the last: the time limit is checked at every line
+        run_program("a = 3\nfor i in range(60):\n    a = a * a\nprint(a)", timeout_s=0.2)
+    assert time.monotonic() - start < 5
+    assert run_program("a = 3\nfor i in range(4):\n    a = a * 2\nprint(a)") == "48"

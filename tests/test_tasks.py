@@ -8,7 +8,7 @@ import pytest
 from cogfm_hf.paths import EVAL_TASKS_DIR
 from cogfm_hf.tasks import BACK, TASKS, Mixture, add_retries, get_task, strip_retries
 from cogfm_hf.tasks.base import is_held_out
-from cogfm_hf.tasks.code import ProgramTimeout, program_of, run_program
+from cogfm_hf.tasks.code import program_of, run_program
 from cogfm_hf.tasks.export import export, next_step_records, render, self_correction_records, stale_files
 
 TASK_NAMES = sorted(TASKS)
@@ -63,13 +63,6 @@ def test_code_answer_is_the_programs_real_output():
     script = "\n".join(f"exec({program_of(e)!r}, {{}})" for e in examples)
     printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert printed.split() == [e.answer for e in examples]
-
-
-def test_program_runner_stops_runaway_programs():
-    with pytest.raises(ProgramTimeout):
-        run_program("x = 0\nwhile True:\n    x = x + 1\n", max_lines=10_000)
-    with pytest.raises(NameError):  # nothing but range and print is available
-        run_program("import_ = open\n")
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)

@@ -27,8 +27,10 @@ Format:
 
 Every `statements` top-level statement feeds the printed variable; `distractors` statements write
 other variables (they may read the relevant ones) and are left out of the trace. The answer is the
-program's real output: it is executed with only `range` and `print` available, under a line budget
-and a time limit, and the trace (from our own evaluator) must agree with it. Knobs: statements,
+program's real output: `run_program` executes it with only `range` and `print` available, under a line budget,
+and a time limit checked at every line, and the trace (from our own evaluator) must agree with it. It runs only
+programs of the generator's own grammar (`check_generated`) and refuses any other unrun: it is a checker of
+our programs, not a sandbox for foreign code. Knobs: statements,
 distractors, nesting (1 = flat loop/if bodies, 2 = a loop or if inside them), loop_count (largest
 range), max_prompt_chars (programs longer than this are redrawn: out-of-distribution buckets use it
 to keep their deeper programs inside the training prompt-length range — statements differ too much in
@@ -53,9 +55,38 @@ class ProgramTimeout(RuntimeError):
     pass
 
 
+# The generator's alphabet, and nothing else: one-letter names, small integers, + - * > = : ( ), the keywords of
+# assignments, if/else, `for ... in range(...)` and a one-line `def f`, and the builtins range and print. Without
+# '.', '[', quotes or any other name, a program cannot reach past the integers (`().__class__...`), import or
+# call anything; without '**' no single line can compute for long, so the time limit checked at every line holds.
+ALLOWED_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789 \n()*+-:=>")
+ALLOWED_WORDS = frozenset({"def", "return", "if", "else", "for", "in", "range", "print"})
+_WORD = re.compile(r"[a-z_][a-z0-9_]*|[0-9]+")
+MAX_DIGITS = 12  # generated programs write one- and two-digit constants
+
+
+class ForeignProgram(ValueError):
+    """A program the generator could not have written: run_program refuses it without running it."""
+
+
+def check_generated(source: str) -> None:
+    if stray := set(source) - ALLOWED_CHARACTERS:
+        raise ForeignProgram(f"characters {sorted(stray)} are not in the generator's alphabet")
+    if "**" in source:
+        raise ForeignProgram("'**' is not in the generator's grammar")
+    for word in _WORD.findall(source):
+        if word[0].isdigit():
+            if len(word) > MAX_DIGITS:
+                raise ForeignProgram(f"constant {word[:20]}... is longer than {MAX_DIGITS} digits")
+        elif len(word) > 1 and word not in ALLOWED_WORDS:
+            raise ForeignProgram(f"name {word!r} is not one the generator writes")
+
+
 def run_program(source: str, max_lines: int = 100_000, timeout_s: float = 1.0) -> str:
-    """Execute `source` with only `range` and `print`, stopping it past `max_lines` executed lines or
-    `timeout_s` seconds; returns what it printed."""
+    """Execute one program of the generator's grammar (`check_generated`; anything else is refused unrun) with
+    only `range` and `print`, stopping it past `max_lines` executed lines or `timeout_s` seconds (checked at every
+    line); returns what it printed."""
+    check_generated(source)
     printed: list[str] = []
     deadline = time.monotonic() + timeout_s
     budget = [max_lines]
@@ -63,7 +94,9 @@ def run_program(source: str, max_lines: int = 100_000, timeout_s: float = 1.0) -
     def tracer(frame, event, arg):
         if event == "line":
             budget[0] -= 1
-            if budget[0] < 0 or (budget[0] % 1000 == 0 and time.monotonic() > deadline):
+            # Checked at every line: a value that squares itself in a loop makes each line slower, and is stopped
+            # one line after the limit, while its memory is still megabytes.
+            if budget[0] < 0 or time.monotonic() > deadline:
                 raise ProgramTimeout(f"program exceeded {max_lines} lines or {timeout_s}s")
         return tracer
 
