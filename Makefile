@@ -24,8 +24,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 # The main job: the default pretraining recipe, end to end on the built-in data. ARGS="--max_steps 50 ..."
+# -q: a refused recipe ends with our one-line message, without accelerate's traceback on top.
 train: setup
-	$(BIN)/accelerate launch training/pretrain.py $(ARGS)
+	$(BIN)/accelerate launch -q training/pretrain.py $(ARGS)
 
 # The default suite (minutes; offline). PYTEST_ARGS="-k modeling" to narrow it.
 test: setup

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -126,8 +127,13 @@ def main(argv=None):
     export.add_argument("--config", type=Path, required=True, help="a directory with the run's config.json")
     export.add_argument("--tokenizer", type=Path, help="a directory with the tokenizer to copy alongside")
     args = parser.parse_args(argv)
+    if not (args.config / "config.json").is_file():
+        sys.exit(f"export error: --config {args.config} holds no config.json (give the run's checkpoint directory)")
     config = CogFMConfig.from_pretrained(args.config)
-    print(export_consolidated(args.sharded_dir, args.output_dir, config, args.tokenizer or args.config))
+    try:
+        print(export_consolidated(args.sharded_dir, args.output_dir, config, args.tokenizer or args.config))
+    except ValueError as error:  # not a sharded checkpoint, a refused .metadata, weights that do not fit the config
+        sys.exit(f"export error: {error}")
 
 
 if __name__ == "__main__":
