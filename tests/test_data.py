@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from cogfm_hf.data import RecipeError, build, load_packed, load_recipe, unpack_documents
 from cogfm_hf.data.pack import TASK_VOCAB
-from cogfm_hf.data.pipeline import EmptyBuildError, lsh_bands
+from cogfm_hf.data.pipeline import EmptyBuildError, lsh_bands, work_dir
 from cogfm_hf.data.tokenizer import RESERVED_TOKENS
 from cogfm_hf.paths import EVAL_DATA_DIR
 from cogfm_hf.tasks import BACK
@@ -170,8 +170,15 @@ def test_sequences_have_one_difficulty_each(built):
 def test_rerunning_a_finished_build_is_a_no_op(built, capsys):
     manifest = built["output"] / "manifest.json"
     before = (manifest.stat().st_mtime_ns, manifest.read_text())
-    build(recipe_dict(built["root"], built["output"]))
-    assert "nothing to do" in capsys.readouterr().out
+    # What a kill during an earlier build's clean-up left: its work directory, an old build being deleted.
+    recipe = recipe_dict(built["root"], built["output"])
+    leftovers = [work_dir(load_recipe(recipe)), built["output"].parent / f".{built['output'].name}.old-0badc0de"]
+    for leftover in leftovers:
+        (leftover / "shard").mkdir(parents=True)
+    build(recipe)
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and out.count("left by an interrupted clean-up") == 2
+    assert not any(leftover.exists() for leftover in leftovers)
     assert (manifest.stat().st_mtime_ns, manifest.read_text()) == before
     files = json.loads(manifest.read_text())["files"]
     assert "packed/shard-00000/state.json" in files and "tokenizer/tokenizer.json" in files
@@ -329,3 +336,11 @@ def test_a_build_with_nothing_to_train_on_is_an_error_naming_the_skips(tmp_path)
     ):
         build(recipe)
     assert not (tmp_path / "out").exists()  # nothing published
+
+
+def test_a_plain_file_as_output_dir_is_refused_not_moved(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    recipe = {"output_dir": str(tmp_path / "notes.txt"), "sources": [{"name": "s", "type": "python_stdlib"}]}
+    with pytest.raises(RecipeError, match=r"data.output_dir: .*notes.txt is a file, not a build directory"):
+        build(recipe, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

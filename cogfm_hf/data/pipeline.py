@@ -268,6 +268,19 @@ def work_dir(recipe: DataRecipe) -> Path:
     return output.parent / f".{output.name}.build-{recipe.fingerprint()[:12]}"
 
 
+def _remove_leftovers(output: Path, recipe: DataRecipe) -> None:
+    """What a build killed while cleaning up left beside `output`: an old build swapped out by --overwrite and not
+    yet deleted, or the work directory of a build that was already published. (The work directory of a build
+    that never finished is kept: running the same recipe again resumes it.)"""
+    leftovers = list(output.parent.glob(f".{output.name}.old-*"))
+    work = work_dir(recipe)
+    if work.exists() and is_built(output, recipe.fingerprint()):
+        leftovers.append(work)
+    for leftover in leftovers:
+        print(f"removing {leftover.name}, left by an interrupted clean-up", flush=True)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def is_built(output: Path, fingerprint: str) -> bool:
     manifest = output / MANIFEST
     return manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == fingerprint
@@ -291,6 +304,9 @@ class EmptyBuildError(RecipeError):
 def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) -> Path:
     output = Path(recipe.output_dir).resolve()
     fingerprint = recipe.fingerprint()
+    if output.exists() and not output.is_dir():
+        raise RecipeError(f"{output} is a file, not a build directory; choose another output_dir", "data.output_dir")
+    _remove_leftovers(output, recipe)
     if is_built(output, fingerprint):
         print(f"{output}: already built from this recipe (fingerprint {fingerprint[:12]}); nothing to do.")
         return output
