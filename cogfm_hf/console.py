@@ -1,6 +1,21 @@
-"""Plain-text tables for the command-line tools (the sizing tool, the data build's report)."""
+"""What the command-line tools print: plain-text tables (the sizing tool, the data build's report), and the one
+line a refused input ends with."""
 
 from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+DEBUG_ENV = "COGFM_DEBUG"  # set (to anything) to see the traceback behind a one-line error
+
+
+def exit_with(prefix: str, error: BaseException) -> NoReturn:
+    """End a command with `prefix: error` on one line and exit status 1, or, with COGFM_DEBUG set, re-raise
+    `error` with its traceback."""
+    if os.environ.get(DEBUG_ENV):
+        raise error
+    sys.exit(f"{prefix}: {error}" if prefix else str(error))
 
 
 def text_table(rows: list[list[str]] | list[tuple], left_columns: int = 1) -> str:

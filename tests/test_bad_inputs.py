@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from cogfm_hf import CogFMConfig
+from cogfm_hf.config import RecipeError
 from cogfm_hf.training.run import main as train_main
 
 from .conftest import tiny_recipe
@@ -150,3 +151,10 @@ def test_bad_inputs_to_the_other_entry_points(tmp_path, capsys):
         assert isinstance(message, str) and expected in message and "\n" not in message, (argv, message)
         assert "Traceback" not in capsys.readouterr().err
     assert not (tmp_path / "data").exists() and not (tmp_path / "x").exists()
+
+
+def test_cogfm_debug_shows_the_traceback_behind_the_one_line(tmp_path, monkeypatch):
+    path = _write(tmp_path, None)
+    monkeypatch.setenv("COGFM_DEBUG", "1")
+    with pytest.raises(RecipeError, match=r"curriculum.pacing: must be one of"):
+        train_main("pretrain", [str(path), "--curriculum.pacing", "fast"])

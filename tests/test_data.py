@@ -185,7 +185,7 @@ def test_rerunning_a_finished_build_is_a_no_op(built, capsys):
 
 
 def test_a_different_recipe_does_not_silently_replace_a_build(built):
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(RecipeError, match="data.output_dir: .* built from a different recipe; pass --overwrite"):
         build(recipe_dict(built["root"], built["output"], pack={"seq_len": 128}))
 
 

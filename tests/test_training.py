@@ -366,12 +366,15 @@ def test_the_default_recipe_runs_with_a_small_max_steps(tmp_path):
 def test_finetune_lora_trains_only_adapters_and_exports_a_merged_checkpoint(pretrained, data_dir, tmp_path):
     from peft import AutoPeftModelForCausalLM
 
-    recipe = tiny_recipe(tmp_path / "lora-data", tmp_path / "adapter", max_steps=3, save_steps=3)
+    # The pretraining recipe's data section, as it was (its build holds the checkpoint's tokenizer): used as built.
+    recipe = tiny_recipe(data_dir, tmp_path / "adapter", max_steps=3, save_steps=3)
     recipe["model"] = {"checkpoint": str(pretrained)}
+    manifest = (data_dir / "manifest.json").read_text()
     recipe["lora"] = {"r": 4, "alpha": 8, "merged_output_dir": str(tmp_path / "merged")}
     recipe["eval"] = {"tasks": ["cogfm_addition_digits3"], "limit": 2, "final_limit": 2, "batch_size": 2}
     base_weights = load_file(pretrained / "model.safetensors")
     finetune_lora(TrainRecipe.from_dict(recipe))
+    assert (data_dir / "manifest.json").read_text() == manifest  # not rebuilt, not refused
     # The adapted model is evaluated as pretraining evaluates: before the first step and after the last.
     history = json.loads((tmp_path / "adapter" / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
     assert [e["step"] for e in history if "eval/cogfm_addition_digits3/exact_match" in e] == [0, 3]

@@ -2,9 +2,9 @@
 
 import argparse
 import dataclasses
-import sys
 
 from ..config import RecipeError
+from ..console import exit_with
 from .recipe import load_recipe
 
 
@@ -23,15 +23,13 @@ def main(argv=None):
         given = {"output_dir": args.output_dir, "workers": args.workers}
         recipe = dataclasses.replace(recipe, **{k: v for k, v in given.items() if v is not None})  # re-validated
     except RecipeError as error:
-        sys.exit(f"recipe error: {error}")
+        exit_with("recipe error", error)
     from .pipeline import build
 
     try:
         build(recipe, overwrite=args.overwrite, keep_work=args.keep_work)
-    except FileExistsError as error:
-        sys.exit(str(error))
-    except RecipeError as error:  # e.g. sources that gave nothing to train on
-        sys.exit(f"data error: {error}")
+    except RecipeError as error:  # an output built from another recipe, sources that gave nothing to train on
+        exit_with("data error", error)
 
 
 if __name__ == "__main__":

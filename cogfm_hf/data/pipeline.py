@@ -311,9 +311,10 @@ def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) 
         print(f"{output}: already built from this recipe (fingerprint {fingerprint[:12]}); nothing to do.")
         return output
     if output.exists() and not overwrite:
-        raise FileExistsError(
-            f"{output} exists and was built from a different recipe; pass --overwrite to replace "
-            "it, or choose another output_dir."
+        raise RecipeError(
+            f"{output} exists and was built from a different recipe; pass --overwrite (python -m cogfm_hf.data "
+            "build) to replace it, or choose another output_dir",
+            "data.output_dir",
         )
     work = work_dir(recipe)
     work.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import yaml
 
 from ..config import Config, RecipeError, apply_overrides, parse_overrides
+from ..console import exit_with
 from ..data.recipe import DataRecipe
 from ..training.loss import LossConfig
 from ..training.recipe import CurriculumConfig, TrainRecipe
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None, default_recipe: str | Path | None = None
             report_dir = report_dir / f"lr{args.learning_rate:g}"
         ablation = Ablation(config, base, overrides, output_dir)
     except RecipeError as error:
-        sys.exit(f"recipe error: {error}")
+        exit_with("recipe error", error)
     if not args.report_only:
         outcome = execute(config, ablation, arms, seeds, sweep=not args.quick, learning_rate=args.learning_rate)
         ablation.log(

@@ -24,6 +24,7 @@ from torch.distributed.checkpoint import save as dcp_save
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from ..console import exit_with
 from ..modeling.configuration_cogfm import CogFMConfig
 from ..modeling.modeling_cogfm import CogFMForCausalLM
 
@@ -133,7 +134,7 @@ def main(argv=None):
     try:
         print(export_consolidated(args.sharded_dir, args.output_dir, config, args.tokenizer or args.config))
     except ValueError as error:  # not a sharded checkpoint, a refused .metadata, weights that do not fit the config
-        sys.exit(f"export error: {error}")
+        exit_with("export error", error)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainingArguments, set_seed
 
 from ..config import RecipeError
+from ..console import exit_with
 from ..data import build, load_packed
+from ..data.pipeline import MANIFEST
 from ..hardware import peak_flops, resolve_bf16, set_cpu_threads
 from ..modeling.configuration_cogfm import CogFMConfig
 from ..modeling.modeling_cogfm import CogFMForCausalLM
@@ -216,9 +218,11 @@ def finetune_lora(recipe: TrainRecipe) -> Path:
             f"data.tokenizer.path: the data must be tokenized as the checkpoint was, with {checkpoint}'s tokenizer; "
             "leave the path out"
         )
-    # replace() validates the new path (the checkpoint must hold tokenizer.json).
-    tokenizer_section = dataclasses.replace(recipe.data.tokenizer, path=checkpoint)
-    recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, tokenizer=tokenizer_section))
+    if not _built_with_tokenizer(Path(recipe.data.output_dir), Path(checkpoint)):
+        # Tokenize with the checkpoint's tokenizer; replace() validates the path (it must hold tokenizer.json).
+        # (A build the pretraining recipe made already has that tokenizer, and is used as it is.)
+        tokenizer_section = dataclasses.replace(recipe.data.tokenizer, path=checkpoint)
+        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, tokenizer=tokenizer_section))
     setup = prepare(recipe)
     set_seed(setup.args.seed)
     base = CogFMForCausalLM.from_pretrained(checkpoint)
@@ -251,6 +255,15 @@ def finetune_lora(recipe: TrainRecipe) -> Path:
     return output
 
 
+def _built_with_tokenizer(data_dir: Path, checkpoint: Path) -> bool:
+    """Whether `data_dir` holds a finished build tokenized by `checkpoint`'s tokenizer (the pretraining run's own
+    data, when a LoRA recipe keeps the pretraining recipe's data section)."""
+    built, saved = data_dir / "tokenizer" / "tokenizer.json", checkpoint / "tokenizer.json"
+    if not ((data_dir / MANIFEST).is_file() and built.is_file() and saved.is_file()):
+        return False
+    return json.loads(built.read_text()) == json.loads(saved.read_text())
+
+
 FLOWS: dict[str, Callable[[TrainRecipe], Path]] = {"pretrain": pretrain, "finetune_lora": finetune_lora}
 
 
@@ -264,9 +277,9 @@ def main(flow: str, argv: list[str] | None = None, default_recipe: str | Path | 
     try:
         FLOWS[flow](TrainRecipe.load(recipe_path, argv))
     except RecipeError as error:
-        sys.exit(f"recipe error: {error}")
+        exit_with("recipe error", error)
     except GuardStop as stop:
-        sys.exit(str(stop))
+        exit_with("", stop)
     except Preempted as stop:
         print(stop, file=sys.stderr, flush=True)
         sys.exit(128 + signal.SIGTERM)  # what a process ended by SIGTERM reports; schedulers requeue on it
