@@ -158,3 +158,22 @@ def test_cogfm_debug_shows_the_traceback_behind_the_one_line(tmp_path, monkeypat
     monkeypatch.setenv("COGFM_DEBUG", "1")
     with pytest.raises(RecipeError, match=r"curriculum.pacing: must be one of"):
         train_main("pretrain", [str(path), "--curriculum.pacing", "fast"])
+
+
+def test_a_lora_checkpoint_with_truncated_weights_is_refused_before_any_work(tmp_path, capsys):
+    from cogfm_hf import CogFMForCausalLM
+
+    CogFMForCausalLM(CogFMConfig(**tiny_recipe(tmp_path, tmp_path)["model"]["overrides"])).save_pretrained(
+        tmp_path / "ckpt"
+    )
+    (tmp_path / "ckpt" / "tokenizer.json").write_text("{}")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    recipe = tiny_recipe(tmp_path / "data", tmp_path / "out")
+    recipe["model"] = {"checkpoint": str(tmp_path / "ckpt")}
+    path = tmp_path / "lora.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(SystemExit) as stop:
+        train_main("finetune_lora", [str(path)])
+    assert "model.checkpoint: " in stop.value.code and "model.safetensors is damaged or truncated" in stop.value.code
+    assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "data").exists()

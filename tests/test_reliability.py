@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 import yaml
+from safetensors.torch import save_file
 from torch.distributed.checkpoint import save as dcp_save
 
 from cogfm_hf import CogFMConfig
@@ -24,7 +25,10 @@ from .conftest import tiny_recipe
 def _checkpoint(directory, *files):
     directory.mkdir(parents=True)
     for name in files:
-        (directory / name).write_text("x")
+        if name.endswith(".safetensors"):  # read for real (its header is checked)
+            save_file({"w": torch.zeros(2)}, str(directory / name))
+        else:
+            (directory / name).write_text("x")
     return directory
 
 
@@ -110,7 +114,7 @@ def test_pickled_checkpoint_metadata_is_vetted_before_torch_unpickles_it(tmp_pat
     with pytest.warns(UserWarning, match="single process"):
         dcp_save({"model": {"w": torch.randn(3, 4), "b": torch.zeros(2, dtype=torch.bfloat16)}}, checkpoint_id=real)
     check_dcp_metadata(real)  # what a real save writes passes
-    for name in COMPLETE:
+    for name in ("trainer_state.json", "optimizer.pt"):  # the weights are the sharded ones
         (tmp_path / "checkpoint-2" / name).write_text("x")
     assert resolve_resume("latest", tmp_path) == str(tmp_path / "checkpoint-2")
 
@@ -149,3 +153,15 @@ def test_the_code_tracer_stops_a_runaway_program_by_lines_and_time():
         run_program("a = 3\nfor i in range(60):\n    a = a * a\nprint(a)", timeout_s=0.2)
     assert time.monotonic() - start < 5
     assert run_program("a = 3\nfor i in range(4):\n    a = a * 2\nprint(a)") == "48"
+
+
+def test_truncated_weights_are_named_for_resume_and_lora(tmp_path, capsys):
+    good = _checkpoint(tmp_path / "checkpoint-2", "trainer_state.json", "optimizer.pt")
+    save_file({"w": torch.randn(64, 64)}, str(good / "model.safetensors"))
+    cut = _checkpoint(tmp_path / "checkpoint-4", "trainer_state.json", "optimizer.pt")
+    data = (good / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])  # a copy cut short
+    assert resolve_resume("latest", tmp_path) == str(good)
+    assert "passing over checkpoint-4: model.safetensors is damaged or truncated" in capsys.readouterr().out
+    with pytest.raises(RecipeError, match=r"checkpoint-4: model.safetensors is damaged or truncated"):
+        resolve_resume(str(cut), tmp_path)

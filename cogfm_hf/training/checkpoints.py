@@ -44,6 +44,20 @@ def missing_parts(checkpoint: Path, model_only: bool = False) -> list[str]:
     return missing
 
 
+def damaged_weights(checkpoint: Path) -> str | None:
+    """Why the safetensors weights of `checkpoint` cannot be read (truncated, not safetensors), or None. Reads
+    only each file's header, which safetensors checks against the file's length."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(Path(checkpoint).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            return f"{file.name} is damaged or truncated ({error})"
+    return None
+
+
 def check_sharded_parts(checkpoint: Path) -> None:
     """Sharded (FSDP) parts carry a pickled `.metadata` torch would unpickle in full on resume: vet it first."""
     from .fsdp import check_dcp_metadata
@@ -80,6 +94,10 @@ def resolve_resume(
                 f"training.resume_from_checkpoint: {checkpoint} is incomplete (no {', '.join(missing)}); "
                 f"resume from an earlier checkpoint, or use `{LATEST}`"
             )
+        if damage := damaged_weights(checkpoint):
+            raise RecipeError(
+                f"{checkpoint}: {damage}; resume from another checkpoint", "training.resume_from_checkpoint"
+            )
         check_sharded_parts(checkpoint)
         return str(checkpoint)
     output_dir = Path(output_dir)
@@ -88,6 +106,10 @@ def resolve_resume(
         if missing := missing_parts(checkpoint, model_only):
             if announce:
                 print(f"resume: passing over {checkpoint.name}, incomplete (no {', '.join(missing)})", flush=True)
+            continue
+        if damage := damaged_weights(checkpoint):
+            if announce:
+                print(f"resume: passing over {checkpoint.name}: {damage}", flush=True)
             continue
         check_sharded_parts(checkpoint)
         if announce:

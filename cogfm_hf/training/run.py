@@ -33,7 +33,7 @@ from ..modeling.configuration_cogfm import CogFMConfig
 from ..modeling.modeling_cogfm import CogFMForCausalLM
 from ..presets import train_flops_per_token
 from ..tasks import BACK
-from .checkpoints import Preempted, clear_staging, recipe_changes, resolve_resume
+from .checkpoints import Preempted, clear_staging, damaged_weights, recipe_changes, resolve_resume
 from .evaluation import LMEvalCallback
 from .guard import GuardStop
 from .outputs import RECIPE_FILE, recipe_text, save_final_checkpoint, write_recipe, write_run_outputs
@@ -213,6 +213,8 @@ def finetune_lora(recipe: TrainRecipe) -> Path:
         raise RecipeError(
             f"{checkpoint} holds a {model_type!r} model; LoRA here adapts CogFM checkpoints", "model.checkpoint"
         )
+    if damage := damaged_weights(Path(checkpoint)):
+        raise RecipeError(f"{checkpoint}: {damage}", "model.checkpoint")
     if recipe.data.tokenizer.path not in (None, checkpoint):
         raise RecipeError(
             f"data.tokenizer.path: the data must be tokenized as the checkpoint was, with {checkpoint}'s tokenizer; "
