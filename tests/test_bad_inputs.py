@@ -177,3 +177,19 @@ def test_a_lora_checkpoint_with_truncated_weights_is_refused_before_any_work(tmp
         train_main("finetune_lora", [str(path)])
     assert "model.checkpoint: " in stop.value.code and "model.safetensors is damaged or truncated" in stop.value.code
     assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "data").exists()
+
+
+def test_resuming_a_checkpoint_of_another_shape_is_refused_before_any_work(tmp_path, capsys):
+    from cogfm_hf import CogFMForCausalLM
+
+    path = _write(tmp_path, None)
+    overrides = dict(tiny_recipe(tmp_path, tmp_path)["model"]["overrides"], hidden_size=64)
+    checkpoint = tmp_path / "out" / "checkpoint-3"
+    CogFMForCausalLM(CogFMConfig(**overrides)).save_pretrained(checkpoint)
+    for name in ("trainer_state.json", "optimizer.pt"):
+        (checkpoint / name).write_text("{}")
+    with pytest.raises(SystemExit) as stop:
+        train_main("pretrain", [str(path), "--resume_from_checkpoint", "latest"])
+    message = stop.value.code
+    assert "training.resume_from_checkpoint: " in message and "hidden_size 64 -> 48" in message, message
+    assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "data").exists()

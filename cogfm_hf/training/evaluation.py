@@ -64,7 +64,8 @@ def run_lm_eval(
     """lm-eval's results, with per-item samples. `model` is a live model (with its `tokenizer`; left in the
     train/eval mode it was in) or a checkpoint directory, loaded the way `lm_eval --model hf
     --model_args pretrained=DIR,trust_remote_code=True` loads it: fp32, on `device` (default: CUDA where there
-    is a GPU, else the CPU) and with the checkpoint's own tokenizer."""
+    is a GPU, else the CPU) and with the checkpoint's own tokenizer. That runs the directory's own modeling code
+    (trust_remote_code): give it checkpoints your own runs wrote, as the experiments do."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager

@@ -93,6 +93,8 @@ def prepare(recipe: TrainRecipe) -> RunSetup:
     resume_from = resolve_resume(
         args.resume_from_checkpoint, args.output_dir, args.save_only_model, announce=state.is_main_process
     )
+    if resume_from and not recipe.model.checkpoint:
+        check_resume_shape(Path(resume_from), recipe)
     if state.is_main_process:
         clear_staging(args.output_dir)  # what a save interrupted in an earlier run left
         if resume_from and (changes := recipe_changes(resume_from, recipe.to_dict(), RECIPE_FILE)):
@@ -107,6 +109,39 @@ def prepare(recipe: TrainRecipe) -> RunSetup:
         data_dir = build(recipe.data)
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
     return RunSetup(args, bf16, state, threads, tokenizer, load_packed(data_dir / "packed"), resume_from)
+
+
+# The fields that shape the weights, all known before the data is built (the vocabulary is checked against the
+# tokenizer in build_model; a changed one shows in the recipe diff and in the weights' shapes).
+SHAPE_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "tie_word_embeddings",
+    "qk_norm",
+)
+
+
+def check_resume_shape(checkpoint: Path, recipe: TrainRecipe) -> None:
+    """A pretraining checkpoint must have the shape the recipe builds, or its weights would not load (after the
+    data build, with a traceback)."""
+    saved_file = checkpoint / "config.json"
+    if not saved_file.is_file():
+        return
+    saved = json.loads(saved_file.read_text())
+    planned = CogFMConfig.from_preset(recipe.model.preset, **recipe.model.overrides)
+    differ = [
+        f"{f} {saved.get(f)} -> {getattr(planned, f)}" for f in SHAPE_FIELDS if saved.get(f) != getattr(planned, f)
+    ]
+    if differ:
+        raise RecipeError(
+            f"{checkpoint} holds a model of another shape than the recipe builds ({', '.join(differ)}); resume with "
+            "the recipe it was trained with (its cogfm_recipe.yaml)",
+            "training.resume_from_checkpoint",
+        )
 
 
 def build_model(recipe: TrainRecipe, tokenizer, seq_len: int) -> CogFMForCausalLM:
