@@ -62,7 +62,7 @@ TRAINING_CASES = [
     ("vocab below the tokenizer", lambda r: r["model"]["overrides"].update(vocab_size=50), [], r"vocab_size: 50"),
     ("context below seq_len", lambda r: r["model"]["overrides"].update(max_position_embeddings=8), [], r"shorter"),
     ("unknown rope type", lambda r: r["model"]["overrides"].update(rope_parameters={"rope_type": "x"}), [], "rope"),
-    ("checkpoint in pretraining", None, ["--model.checkpoint", "/nowhere"], r"model.checkpoint: '/nowhere' holds no"),
+    ("checkpoint in pretraining", None, ["--model.checkpoint", "/nowhere"], r"model.checkpoint: pretraining starts"),
     ("unknown pacing", None, ["--curriculum.pacing", "fast"], r"curriculum.pacing: must be one of"),
     ("c0 above one", None, ["--curriculum.c0", "1.5"], r"curriculum.c0: must be in \(0, 1\]"),
     ("stages zero", None, ["--curriculum.stages", "0"], r"curriculum.stages: must be >= 1"),
@@ -133,6 +133,11 @@ def test_bad_inputs_to_the_other_entry_points(tmp_path, capsys):
         (data_main, ["build", str(tmp_path / "nowhere.yaml")], "recipe error: recipe file"),
         (data_main, ["build", str(path), "--workers", "0"], "recipe error: data.workers: must be a positive"),
         (lambda argv: train_main("finetune_lora", argv), [str(path)], "finetune_lora needs model.checkpoint"),
+        (
+            lambda argv: train_main("finetune_lora", argv),
+            [str(path), "--model.overrides", "{}", "--model.checkpoint", "/nowhere"],
+            "model.checkpoint: '/nowhere' holds no config.json",
+        ),
         (export_main, ["export", str(tmp_path / "none"), str(tmp_path / "x"), "--config", str(tmp_path)], "config"),
     ]
     (tmp_path / "ckpt").mkdir()

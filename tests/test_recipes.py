@@ -143,7 +143,6 @@ def test_a_section_built_in_python_validates_and_names_itself():
             lambda r: r["model"]["overrides"].update(max_position_embeddings=16),
             r"^model.overrides.max_position_embeddings: 16 is shorter than the training sequences",
         ),
-        (lambda r: r["model"].update(checkpoint="/nowhere"), r"^model.checkpoint: '/nowhere' holds no config.json"),
     ],
 )
 def test_values_that_would_be_ignored_or_fail_late_are_refused_up_front(tmp_path, edit, message):

@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from transformers import TrainingArguments
@@ -102,10 +101,6 @@ class ModelConfig(Config):
     checkpoint: str | None = None  # fine-tuning: start from this checkpoint instead of a fresh preset
 
     def validate(self) -> None:
-        if self.checkpoint is not None and not (Path(self.checkpoint) / "config.json").is_file():
-            raise self.invalid(
-                "checkpoint", f"{self.checkpoint!r} holds no config.json: give a saved checkpoint directory"
-            )
         if self.preset not in PRESETS:
             raise self.invalid("preset", f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         known = {f.name for f in dataclasses.fields(CogFMConfig)}

@@ -241,6 +241,11 @@ def finetune_lora(recipe: TrainRecipe) -> Path:
         raise RecipeError("finetune_lora needs model.checkpoint: the CogFM checkpoint to adapt")
     if recipe.model.overrides:
         raise RecipeError("model.overrides: a LoRA run adapts model.checkpoint as it was saved; remove the overrides")
+    # Checked here, not when the recipe loads: a shipped LoRA recipe names the checkpoint a pretraining run writes.
+    if not (Path(checkpoint) / "config.json").is_file():
+        raise RecipeError(
+            f"{checkpoint!r} holds no config.json: give a saved checkpoint directory", "model.checkpoint"
+        )
     # The model is loaded with this package's CogFM classes, never the checkpoint's copied code: a directory with
     # another model_type and an auto_map would otherwise run its own Python here unasked.
     model_type = json.loads((Path(checkpoint) / "config.json").read_text()).get("model_type")
