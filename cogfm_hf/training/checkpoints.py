@@ -157,6 +157,10 @@ def publish(staged: Path, final: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staged, final)
+    try:  # leave no empty .staging in the run's directory (the final, Hub-ready checkpoint)
+        staged.parent.rmdir()
+    except OSError:
+        pass  # not empty: leftovers of an interrupted save, which the next run clears
 
 
 def explain_save_error(error: OSError, staged: Path) -> RuntimeError:
