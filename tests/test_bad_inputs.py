@@ -36,6 +36,13 @@ TRAINING_CASES = [
     ("no output_dir", lambda r: r["training"].pop("output_dir"), [], r"training.output_dir: give the run's output"),
     ("remove_unused_columns", None, ["--remove_unused_columns", "true"], r"training.remove_unused_columns: must be"),
     (
+        "torch_compile",
+        None,
+        ["--torch_compile", "true"],
+        r"training.torch_compile: use the recipe's top-level `compile",
+    ),
+    ("compile a word", None, ["--compile", "sometimes"], r"compile: expected"),
+    (
         "seq_len a fraction",
         None,
         ["--data.pack.seq_len", "64.5"],

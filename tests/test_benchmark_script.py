@@ -15,29 +15,19 @@ def test_llama_twin_has_identical_shape():
     assert {n: p.shape for n, p in cogfm.named_parameters()} == {n: p.shape for n, p in llama.named_parameters()}
 
 
-def test_benchmark_script_reports_both_models(tmp_path, capsys):
+def test_benchmark_script_reports_every_arm_against_the_baseline(tmp_path, capsys):
     out = tmp_path / "bench.json"
     model_speed.main(
-        [
-            "--precisions",
-            "fp32",
-            "--batch-size",
-            "2",
-            "--seq-len",
-            "16",
-            "--new-tokens",
-            "4",
-            "--warmup",
-            "0",
-            "--repeats",
-            "2",
-            "--json",
-            str(out),
-        ]
+        ["--arms", "llama", "cogfm", "--precisions", "fp32", "--batch-size", "2", "--seq-len", "16"]
+        + ["--new-tokens", "4", "--warmup", "0", "--repeats", "2", "--memory", "--json", str(out)]
     )
     (result,) = json.loads(out.read_text())
     assert result["precision"] == "fp32" and result["parameters"] == 5770496
     for phase in ("train", "decode"):
-        assert set(result[phase]["tokens_per_s"]) == {"cogfm", "llama"}
-        assert result[phase]["ratio_min"] <= result[phase]["ratio_median"] <= result[phase]["ratio_max"]
-    assert "| cpu | fp32 |" in capsys.readouterr().out
+        assert set(result[phase]) == {"cogfm", "llama"}
+        assert result[phase]["llama"]["ratio_median"] == 1.0  # the baseline against itself
+        summary = result[phase]["cogfm"]
+        assert summary["tokens_per_s"] > 0 and summary["ratio_min"] <= summary["ratio_median"] <= summary["ratio_max"]
+    # Peak memory: each arm in a process of its own, so the figures differ (at least the model's bytes are there).
+    assert all(mib > 5770496 * 4 / 2**20 for mib in result["peak_memory_mib"].values())
+    assert "| cpu | fp32 | cogfm |" in capsys.readouterr().out

@@ -195,3 +195,19 @@ def test_command_line_overrides_of_the_ablation_and_the_data_build_are_checked(t
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "recipe error: data.workers: must be a positive integer, got 0" in result.stderr
+
+
+def test_compile_auto_compiles_runs_long_enough_to_pay_for_it(tmp_path, monkeypatch):
+    from transformers import TrainingArguments
+
+    from cogfm_hf.training.run import COMPILE_MIN_STEPS, resolve_compile
+
+    def arguments(max_steps):
+        return TrainingArguments(str(tmp_path), max_steps=max_steps, use_cpu=True, report_to="none")
+
+    assert TrainRecipe.load(RECIPES / "cogfm-tiny.yaml").compile == "auto"
+    assert resolve_compile("auto", arguments(COMPILE_MIN_STEPS)) and resolve_compile("auto", arguments(-1))
+    assert not resolve_compile("auto", arguments(COMPILE_MIN_STEPS - 1))
+    assert resolve_compile(True, arguments(3)) and not resolve_compile(False, arguments(10_000))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with fsdp.yaml sets
+    assert not resolve_compile("auto", arguments(10_000)) and resolve_compile(True, arguments(10_000))

@@ -1,26 +1,52 @@
-"""CogFM vs transformers' LlamaForCausalLM of the identical shape: training step and greedy decoding.
+"""CogFM's training step against transformers' LlamaForCausalLM of the identical shape; and greedy decoding.
 
-    python -m cogfm_hf.benchmarks.model_speed                     # cogfm-tiny, CPU fp32 + bf16 (+ CUDA if present)
+    python -m cogfm_hf.benchmarks.model_speed                        # cogfm-tiny, the precision a run would use
+    python -m cogfm_hf.benchmarks.model_speed --overrides hidden_size=512 intermediate_size=1280 \
+        num_hidden_layers=8 num_attention_heads=8 num_key_value_heads=4                 # ~24 M parameters
     python -m cogfm_hf.benchmarks.model_speed --preset cogfm-125m --batch-size 8 --seq-len 512
 
-Both models run in the same process, with measurements interleaved (CogFM, Llama, CogFM, ...) so
-that background load hits both alike; each figure is the median over repeats. Reported: tokens/s of
-each model and the ratio CogFM / Llama (> 1 means CogFM is faster): the median of the per-round
-ratios, with their minimum and maximum as the spread.
+Training-step arms (one optimizer step on one batch: forward, loss, backward, fused AdamW as the Trainer's default):
+  llama           eager LlamaForCausalLM, SDPA attention, its own loss: what a user gets (the baseline)
+  llama_compiled  the same model under torch.compile: what compiling alone buys
+  cogfm           CogFM through CogFMTrainer's forward_and_loss, not compiled
+  cogfm_compiled  what CogFMTrainer runs with `compile: true`: forward and loss compiled as one graph
+  cogfm_compiled_eager  (on request) the same with attention in plain matmuls, which inductor fuses
+
+The CogFM arms train on packed rows as CogFMTrainer does (documents of PACKED_DOCUMENT_TOKENS, restarting
+position_ids, so attention is masked per document): more work than Llama's plain causal rows, not less.
+
+All arms run in one process, timed round-robin with the order flipped every round, so background load hits them
+alike. Reported: tokens/s of each arm (median over rounds) and its ratio to `llama`: the median of the per-round
+ratios, with their minimum and maximum as the spread. The first call of each arm is timed apart (compile time:
+the first call minus a steady step; inductor's cache, under TORCHINDUCTOR_CACHE_DIR or /tmp, makes a second run
+pay less). `--memory` adds each arm's peak memory: CUDA's peak allocation, or on a CPU the peak resident set of
+a fresh process that runs only that arm.
 """
+
+from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
+import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ..hardware import describe_cpu
+from ..hardware import describe_cpu, resolve_bf16
 from ..modeling.configuration_cogfm import CogFMConfig
 from ..modeling.modeling_cogfm import CogFMForCausalLM
+from ..training.loss import LossConfig, token_weights
+from ..training.trainer import forward_and_loss
+
+TRAIN_ARMS = ("llama", "llama_compiled", "cogfm", "cogfm_compiled", "cogfm_compiled_eager")
+PACKED_DOCUMENT_TOKENS = 128
+DEFAULT_ARMS = TRAIN_ARMS[:4]
 
 
 def llama_twin(config: CogFMConfig) -> LlamaConfig:
@@ -54,17 +80,41 @@ def _autocast(device, bf16):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def make_train_step(model, batch, device, bf16):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+def make_train_step(arm: str, config: CogFMConfig, batch: torch.Tensor, device: torch.device, bf16: bool):
+    """(model, step function) of one arm; every arm starts from the same seed."""
+    torch.manual_seed(0)
+    if arm.startswith("llama"):
+        model = LlamaForCausalLM(llama_twin(config)).to(device).train()
+        forward = torch.compile(model) if arm == "llama_compiled" else model
+
+        def loss_of_batch():
+            return forward(input_ids=batch, labels=batch).loss
+
+    else:
+        model = CogFMForCausalLM(config).to(device).train()
+        compiled = arm.startswith("cogfm_compiled")
+        model.set_attn_implementation("eager" if arm.endswith("eager") else "sdpa")
+        loss_terms = torch.compile(forward_and_loss) if compiled else forward_and_loss
+        positions = (torch.arange(batch.shape[1], device=device) % PACKED_DOCUMENT_TOKENS).expand_as(batch)
+        ones = torch.ones_like(batch)
+        loss_config = LossConfig()  # weights 1, no extra terms: the same cross-entropy as Llama's
+        masks = token_weights(batch, ones, torch.zeros_like(batch), -1, batch.new_tensor([-1]), loss_config)
+        tokens = masks["weights"].sum()
+
+        def loss_of_batch():
+            terms, _ = loss_terms(model, batch, positions, masks, loss_config)
+            return terms["total"] / tokens
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # the Trainer's default (adamw_torch_fused)
 
     def step():
         with _autocast(device, bf16):
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = loss_of_batch()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return step
+    return model, step
 
 
 def make_decode(model, prompt, new_tokens, device, bf16):
@@ -77,10 +127,16 @@ def make_decode(model, prompt, new_tokens, device, bf16):
     return decode
 
 
-def interleaved_times(fns: dict, warmup: int, repeats: int, device) -> dict:
-    """Seconds per call of each function, timed round-robin; the order flips every round so neither
-    model always runs first (caches and clock boosts favour whichever does)."""
-    for fn in fns.values():
+def interleaved_times(fns: dict, warmup: int, repeats: int, device) -> tuple[dict, dict]:
+    """Seconds per call of each function, timed round-robin; the order flips every round so no arm always runs
+    first (caches and clock boosts favour whichever does). Also the seconds of each function's first call."""
+    first = {}
+    for name, fn in fns.items():
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        first[name] = time.perf_counter() - start
         for _ in range(warmup):
             fn()
     times = {name: [] for name in fns}
@@ -92,121 +148,169 @@ def interleaved_times(fns: dict, warmup: int, repeats: int, device) -> dict:
             fns[name]()
             _sync(device)
             times[name].append(time.perf_counter() - start)
-    return times
+    return times, first
 
 
-def summarise(times: dict, tokens_per_call: int) -> dict:
-    """Median tokens/s of each model and the paired per-round ratio CogFM / Llama (median, min, max)."""
-    ratios = sorted(llama / cogfm for cogfm, llama in zip(times["cogfm"], times["llama"]))
-    return {
-        "tokens_per_s": {name: tokens_per_call / statistics.median(t) for name, t in times.items()},
-        "ratio_median": statistics.median(ratios),
-        "ratio_min": ratios[0],
-        "ratio_max": ratios[-1],
-    }
+def summarise(times: dict, tokens_per_call: int, baseline: str) -> dict:
+    """Median tokens/s of each arm and its paired per-round ratio to the baseline (median, min, max)."""
+    summary = {}
+    for name, arm_times in times.items():
+        ratios = sorted(base / mine for base, mine in zip(times[baseline], arm_times))
+        summary[name] = {
+            "tokens_per_s": tokens_per_call / statistics.median(arm_times),
+            "ratio_median": statistics.median(ratios),
+            "ratio_min": ratios[0],
+            "ratio_max": ratios[-1],
+        }
+    return summary
 
 
-def benchmark(
-    config: CogFMConfig,
-    device: torch.device,
-    bf16: bool,
-    batch_size: int,
-    seq_len: int,
-    new_tokens: int,
-    warmup: int,
-    repeats: int,
-) -> dict:
-    torch.manual_seed(0)
-    models = {
-        "cogfm": CogFMForCausalLM(config).to(device),
-        "llama": LlamaForCausalLM(llama_twin(config)).to(device),
-    }
-    counts = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
-    assert counts["cogfm"] == counts["llama"], f"shapes differ: {counts}"
-    for model in models.values():
-        model.generation_config.pad_token_id = 0
+def peak_memory_mib(arm: str, argv: list[str], device: torch.device, bf16: bool) -> float:
+    """Peak memory of one arm's training steps: CUDA's peak allocation in this process, or on a CPU the peak
+    resident set of a fresh process that builds the arm and runs three steps (a CPU has no allocator counter)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    precision = "bf16" if bf16 else "fp32"
+    command = [
+        sys.executable,
+        "-m",
+        "cogfm_hf.benchmarks.model_speed",
+        *argv,
+        "--devices",
+        str(device),
+        "--precisions",
+        precision,
+    ]
+    command += ["--only-memory-of", arm]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return float(output.strip().splitlines()[-1])
 
-    batch = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
-    train = interleaved_times(
-        {name: make_train_step(m.train(), batch, device, bf16) for name, m in models.items()}, warmup, repeats, device
-    )
-    prompt = batch[:1, :32]
-    decode = interleaved_times(
-        {name: make_decode(m.eval(), prompt, new_tokens, device, bf16) for name, m in models.items()},
-        1,
-        repeats,
-        device,
-    )
-    return {
+
+def benchmark(config: CogFMConfig, device: torch.device, bf16: bool, args, argv: list[str]) -> dict:
+    batch = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len), device=torch.device("cpu"))
+    batch = batch.to(device)
+    models, steps = {}, {}
+    for arm in args.arms:
+        models[arm], steps[arm] = make_train_step(arm, config, batch, device, bf16)
+    counts = {arm: sum(p.numel() for p in m.parameters()) for arm, m in models.items()}
+    assert len(set(counts.values())) == 1, f"shapes differ: {counts}"
+    train, first = interleaved_times(steps, args.warmup, args.repeats, device)
+    result = {
         "device": str(device),
         "precision": "bf16-autocast" if bf16 else "fp32",
-        "parameters": counts["cogfm"],
-        "batch": f"{batch_size}x{seq_len}",
-        "decode_shape": f"1x32 prompt + {new_tokens} new",
-        "repeats": repeats,
-        "train": summarise(train, batch_size * seq_len),
-        "decode": summarise(decode, new_tokens),
+        "parameters": next(iter(counts.values())),
+        "batch": f"{args.batch_size}x{args.seq_len}",
+        "repeats": args.repeats,
+        "train": summarise(train, args.batch_size * args.seq_len, baseline=args.arms[0]),
+        "compile_seconds": {
+            arm: max(0.0, first[arm] - statistics.median(train[arm])) for arm in args.arms if "compiled" in arm
+        },
     }
+    if args.memory:
+        result["peak_memory_mib"] = {}
+        for arm in args.arms:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                steps[arm]()
+            result["peak_memory_mib"][arm] = peak_memory_mib(arm, argv, device, bf16)
+    if args.new_tokens:
+        decoders = {name: models[name].eval() for name in ("cogfm", "llama") if name in models}
+        for model in decoders.values():
+            model.generation_config.pad_token_id = 0
+        prompt = batch[:1, :32]
+        decode, _ = interleaved_times(
+            {name: make_decode(m, prompt, args.new_tokens, device, bf16) for name, m in decoders.items()},
+            1,
+            args.repeats,
+            device,
+        )
+        result["decode_shape"] = f"1x32 prompt + {args.new_tokens} new"
+        result["decode"] = summarise(decode, args.new_tokens, baseline="llama")
+    return result
 
 
 def format_rows(results: list[dict]) -> str:
-    def cells(summary, digits):
-        tps = summary["tokens_per_s"]
-        return [
-            f"{tps['cogfm']:,.{digits}f}",
-            f"{tps['llama']:,.{digits}f}",
-            f"{summary['ratio_median']:.2f} ({summary['ratio_min']:.2f}-{summary['ratio_max']:.2f})",
-        ]
-
-    header = [
-        "device",
-        "precision",
-        "train tok/s CogFM",
-        "Llama",
-        "ratio (min-max)",
-        "decode tok/s CogFM",
-        "Llama",
-        "ratio (min-max)",
-    ]
-    rows = [[r["device"], r["precision"]] + cells(r["train"], 0) + cells(r["decode"], 1) for r in results]
+    header = ["device", "precision", "arm", "train tok/s", "ratio to llama (min-max)", "compile s", "peak MiB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    for r in results:
+        for arm, s in r["train"].items():
+            memory = r.get("peak_memory_mib", {}).get(arm)
+            compile_seconds = r["compile_seconds"].get(arm)
+            cells = [
+                r["device"],
+                r["precision"],
+                arm,
+                f"{s['tokens_per_s']:,.0f}",
+                f"{s['ratio_median']:.2f} ({s['ratio_min']:.2f}-{s['ratio_max']:.2f})",
+                "" if compile_seconds is None else f"{compile_seconds:.0f}",
+                "" if memory is None else f"{memory:,.0f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        if "decode" in r:
+            d = r["decode"]["cogfm"]
+            lines.append(
+                f"| {r['device']} | {r['precision']} | decode cogfm vs llama, {r['decode_shape']} | "
+                f"{d['tokens_per_s']:,.1f} | {d['ratio_median']:.2f} ({d['ratio_min']:.2f}-{d['ratio_max']:.2f}) | | |"
+            )
+    return "\n".join(lines)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--overrides: {pair!r} is not FIELD=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cogfm-tiny")
+    parser.add_argument("--overrides", nargs="*", default=[], help="CogFMConfig FIELD=VALUE pairs")
+    parser.add_argument("--arms", nargs="*", choices=TRAIN_ARMS, default=list(DEFAULT_ARMS), help="first: baseline")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=0, help="also time greedy decoding (0: no)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--devices", nargs="*", default=None, help="default: cpu, and cuda when present")
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--devices", nargs="*", default=None, help="default: cuda when present, else cpu")
     parser.add_argument(
         "--precisions",
         nargs="*",
-        choices=["fp32", "bf16"],
-        default=None,
-        help="default: fp32 and bf16 autocast on CPU, bf16 autocast on CUDA",
+        choices=["auto", "fp32", "bf16"],
+        default=["auto"],
+        help="auto (default): bf16 autocast where the hardware does bf16 natively, else fp32",
     )
+    parser.add_argument("--memory", action="store_true", help="also measure each arm's peak memory")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--only-memory-of", help=argparse.SUPPRESS)  # the child process of --memory on a CPU
     args = parser.parse_args(argv)
 
-    config = CogFMConfig.from_preset(args.preset)
-    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    config = CogFMConfig.from_preset(args.preset, **parse_overrides(args.overrides))
+    devices = args.devices or (["cuda"] if torch.cuda.is_available() else ["cpu"])
+    if args.only_memory_of:
+        device = torch.device(devices[0])
+        bf16 = resolve_bf16("auto" if args.precisions[-1] == "auto" else args.precisions[-1] == "bf16")
+        batch = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len), device=device)
+        _, step = make_train_step(args.only_memory_of, config, batch, device, bf16)
+        for _ in range(3):
+            step()
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+        return
     results = []
     for device in map(torch.device, devices):
-        precisions = args.precisions or (["fp32", "bf16"] if device.type == "cpu" else ["bf16"])
-        for bf16 in (p == "bf16" for p in precisions):
-            result = benchmark(
-                config, device, bf16, args.batch_size, args.seq_len, args.new_tokens, args.warmup, args.repeats
-            )
+        for precision in args.precisions:
+            bf16 = resolve_bf16("auto" if precision == "auto" else precision == "bf16")
+            result = benchmark(config, device, bf16, args, argv)
             print(json.dumps(result), flush=True)
             results.append(result)
     print(
-        f"\n{args.preset}: {results[0]['parameters']:,} parameters, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} CPU threads; batch {args.batch_size}x{args.seq_len}; medians of {args.repeats}\n"
-        f"CPU: {describe_cpu()}\n"
+        f"\n{args.preset} {parse_overrides(args.overrides) or ''}: {results[0]['parameters']:,} parameters, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; batch {args.batch_size}x{args.seq_len}; "
+        f"medians of {args.repeats} interleaved rounds\nCPU: {describe_cpu()}\n"
     )
     print(format_rows(results))
     if args.json:

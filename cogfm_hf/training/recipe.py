@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from transformers import TrainingArguments
 
@@ -148,6 +148,9 @@ class TrainRecipe(Config):
     lora: LoraSection = field(default_factory=LoraSection)
     peak_tflops: float | None = None
     cpu_threads: int | None = None
+    # torch.compile of the training forward pass with its loss (CogFMTrainer); auto: when the run is long enough
+    # to earn back the compile time (cogfm_hf.training.run.resolve_compile).
+    compile: bool | Literal["auto"] = "auto"
 
     def validate(self) -> None:
         hints = _training_argument_types()
@@ -158,6 +161,12 @@ class TrainRecipe(Config):
                 )
             if name == "bf16" and value == "auto":
                 continue
+            if name.startswith("torch_compile"):
+                raise self.invalid(
+                    f"training.{name}",
+                    "use the recipe's top-level `compile: true` instead: CogFMTrainer compiles the forward pass "
+                    "together with the loss, TrainingArguments' torch_compile would compile the model alone",
+                )
             if name == "resume_from_checkpoint" and isinstance(value, bool):  # transformers' own meaning of true
                 self.training[name] = LATEST if value else None
                 continue

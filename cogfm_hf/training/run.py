@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainingArguments, set_seed
 
@@ -163,8 +164,24 @@ def build_model(recipe: TrainRecipe, tokenizer, seq_len: int) -> CogFMForCausalL
     return CogFMForCausalLM(config)
 
 
+# `compile: auto` compiles runs of at least this many optimizer steps: compiling costs ~40 s the first time (a few
+# seconds from inductor's cache afterwards) and saves ~1/3 of every step at cogfm-tiny (docs/benchmarks.md).
+COMPILE_MIN_STEPS = 200
+
+
+def resolve_compile(value: bool | str, args: TrainingArguments) -> bool:
+    """The recipe's `compile`: true, false, or auto = runs of COMPILE_MIN_STEPS or more (an epoch-bound run,
+    max_steps -1, counts as long), except under FSDP, where compiling is left to an explicit `compile: true`."""
+    if value != "auto":
+        return bool(value)
+    if args.fsdp or parse_flag_from_env("ACCELERATE_USE_FSDP"):  # the flag `accelerate launch` sets for FSDP
+        return False
+    return args.max_steps < 0 or args.max_steps >= COMPILE_MIN_STEPS
+
+
 def make_trainer(recipe: TrainRecipe, model, setup: RunSetup) -> CogFMTrainer:
     peak, peak_note = peak_flops(recipe.peak_tflops, setup.bf16)
+    compile = resolve_compile(recipe.compile, setup.args)
     config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
     # Saved with every checkpoint: `tokenizer(..., truncation=True)` then caps inputs at the model's context.
     setup.tokenizer.model_max_length = config.max_position_embeddings
@@ -175,7 +192,8 @@ def make_trainer(recipe: TrainRecipe, model, setup: RunSetup) -> CogFMTrainer:
         print(
             f"CogFM {recipe.model.checkpoint or recipe.model.preset}: {params:,} parameters "
             f"({trainable:,} trainable); {len(setup.dataset):,} sequences of {setup.seq_len} tokens; "
-            f"{processes} process{'es' if processes > 1 else ''}; {'bf16 autocast' if setup.bf16 else 'fp32'}"
+            f"{processes} process{'es' if processes > 1 else ''}; {'bf16 autocast' if setup.bf16 else 'fp32'}; "
+            f"{'compiled' if compile else 'not compiled'}"
             f"{f'; {setup.cpu_threads} CPU threads' if setup.cpu_threads else ''}; MFU against {peak_note}",
             flush=True,
         )
@@ -192,6 +210,7 @@ def make_trainer(recipe: TrainRecipe, model, setup: RunSetup) -> CogFMTrainer:
         flops_per_token=train_flops_per_token(config, setup.seq_len),
         peak_flops=peak or None,
         checkpoint_files={RECIPE_FILE: recipe_text(recipe.to_dict())},
+        compile=compile,
     )
 
 

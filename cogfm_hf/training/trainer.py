@@ -24,6 +24,20 @@ MAX_LOGGED_DIFFICULTY = 16
 GUARD_STATE_FILE = "guard_state.json"  # in every checkpoint: a resumed run's guard judges as a straight run's
 
 
+def forward_and_loss(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    masks: dict[str, torch.Tensor],
+    loss_config: LossConfig,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The training forward pass and the self-correction loss terms (and the logits). One function, so that
+    compiling it (`CogFMTrainer(compile=True)`) puts the loss in the model's graph: the float32 upcast, softmax,
+    cross-entropy, unlikelihood and z-loss fuse into a few kernels instead of a pass over the logits each."""
+    logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+    return self_correction_loss(logits, input_ids, masks, loss_config), logits
+
+
 def collate_packed(rows: list[dict]) -> dict[str, torch.Tensor]:
     """Packed rows (cogfm_hf.data.pack) -> tensors. No attention_mask goes to the model: restarting
     position_ids make transformers build a per-document causal mask."""
@@ -64,6 +78,7 @@ class CogFMTrainer(Trainer):
         flops_per_token: float | None = None,
         peak_flops: float | None = None,
         checkpoint_files: dict[str, str] | None = None,
+        compile: bool = False,
         **kwargs,
     ):
         kwargs.setdefault("data_collator", collate_packed)
@@ -91,6 +106,11 @@ class CogFMTrainer(Trainer):
         self.preemption = SaveOnSigterm(reduce_sum=self._sum_over_processes if self.args.world_size > 1 else None)
         self.add_callback(self.preemption)
         self.add_callback(ReportSkippedUpdates(self))
+        # Compiled here rather than through TrainingArguments.torch_compile, which would compile the model alone
+        # (the loss outside its graph) and hand the compiled wrapper to the in-loop evaluation, whose generate()
+        # calls change shape every token. self.model stays the plain module: checkpoints and evaluation see it.
+        self.compiled = compile
+        self._forward_and_loss = torch.compile(forward_and_loss) if compile else forward_and_loss
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -170,55 +190,60 @@ class CogFMTrainer(Trainer):
         return total
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False)
         masks = self._masks(inputs)
-        terms = self_correction_loss(outputs.logits, inputs["input_ids"], masks, self.loss_config)
+        terms, logits = self._forward_and_loss(
+            model, inputs["input_ids"], inputs["position_ids"], masks, self.loss_config
+        )
         denominator = num_items_in_batch if num_items_in_batch is not None else masks["weights"].sum()
         loss = terms["total"] / denominator.clamp(min=1e-6)
         if self.model.training and self.args.world_size > 1:
             loss = loss * self.args.world_size  # DDP averages gradients over ranks; the denominator already spans them
         if self.model.training:
             self._accumulate_log_sums(inputs, masks, terms)
-        return (loss, outputs) if return_outputs else loss
+        return (loss, {"logits": logits}) if return_outputs else loss
 
     # -- logging ----------------------------------------------------------------------------------
     def _reset_log_sums(self):
-        tasks, levels = len(TASK_VOCAB), MAX_LOGGED_DIFFICULTY + 1
-        self._log_sums = {
-            "task_loss": torch.zeros(tasks, dtype=torch.float64),
-            "task_tokens": torch.zeros(tasks, dtype=torch.float64),
-            "level_loss": torch.zeros(levels, dtype=torch.float64),
-            "level_tokens": torch.zeros(levels, dtype=torch.float64),
-            "terms": torch.zeros(5, dtype=torch.float64),  # ce, unlikelihood, z, error-token ce, error tokens
-            "tokens": torch.zeros(1, dtype=torch.float64),
-        }
+        self._log_sums: dict[str, torch.Tensor] | None = None  # made on the loss's device by the first micro-batch
 
     def _accumulate_log_sums(self, inputs, masks, terms):
+        """Adds this micro-batch to the logging sums where the loss lives, without a host sync: they are read once
+        per logging window, in log()."""
         with torch.no_grad():
-            ce = terms["per_token_cross_entropy"].double().cpu()
-            valid = masks["valid"].cpu()
-            tasks = inputs["task_ids"][:, 1:].cpu()
-            levels = inputs["difficulties"][:, 1:].clamp(max=MAX_LOGGED_DIFFICULTY).cpu()
-            sums = self._log_sums
-            sums["task_loss"].index_add_(0, tasks[valid], ce[valid])
-            sums["task_tokens"].index_add_(0, tasks[valid], torch.ones_like(ce[valid]))
-            sums["level_loss"].index_add_(0, levels[valid], ce[valid])
-            sums["level_tokens"].index_add_(0, levels[valid], torch.ones_like(ce[valid]))
-            error = masks["error"].cpu()
-            sums["terms"] += torch.tensor(
+            ce = terms["per_token_cross_entropy"].double()
+            if self._log_sums is None:
+                tasks, levels = len(TASK_VOCAB), MAX_LOGGED_DIFFICULTY + 1
+                self._log_sums = {
+                    "task_loss": ce.new_zeros(tasks),
+                    "task_tokens": ce.new_zeros(tasks),
+                    "level_loss": ce.new_zeros(levels),
+                    "level_tokens": ce.new_zeros(levels),
+                    "terms": ce.new_zeros(5),  # ce, unlikelihood, z, error-token ce, error tokens
+                    "tokens": ce.new_zeros(1),
+                }
+            sums, zero = self._log_sums, ce.new_zeros(())
+            valid, error = masks["valid"].double(), masks["error"].double()
+            valid_ce = torch.where(masks["valid"], ce, 0.0).reshape(-1)
+            # Every position is added, weighted by validity: boolean indexing would sync to learn its size.
+            tasks = inputs["task_ids"][:, 1:].reshape(-1).to(ce.device)
+            levels = inputs["difficulties"][:, 1:].clamp(max=MAX_LOGGED_DIFFICULTY).reshape(-1).to(ce.device)
+            sums["task_loss"].index_add_(0, tasks, valid_ce)
+            sums["task_tokens"].index_add_(0, tasks, valid.reshape(-1))
+            sums["level_loss"].index_add_(0, levels, valid_ce)
+            sums["level_tokens"].index_add_(0, levels, valid.reshape(-1))
+            sums["terms"] += torch.stack(
                 [
-                    (ce * valid).sum().item(),
-                    float(terms.get("unlikelihood", 0.0)),
-                    float(terms.get("z_loss", 0.0)),
-                    ce[error].sum().item(),
-                    error.sum().item(),
-                ],
-                dtype=torch.float64,
+                    valid_ce.sum(),
+                    terms.get("unlikelihood", zero).detach().double(),
+                    terms.get("z_loss", zero).detach().double(),
+                    torch.where(masks["error"], ce, 0.0).sum(),
+                    error.sum(),
+                ]
             )
-            sums["tokens"] += valid.sum().item()
+            sums["tokens"] += valid.sum()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:  # a training log: add what the Trainer does not know
+        if "loss" in logs and self._log_sums is not None:  # a training log: add what the Trainer does not know
             sums = {k: v.to(self.args.device) for k, v in self._log_sums.items()}
             if self.args.world_size > 1:
                 sums = {k: self.accelerator.reduce(v, reduction="sum") for k, v in sums.items()}
