@@ -14,16 +14,20 @@ The final evaluation (with `eval.final_limit`) is what the model card reports.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import torch
-from transformers import TrainerCallback
+from lm_eval.models.huggingface import HFLM
+from transformers import StoppingCriteria, TrainerCallback
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from ..config import Config
 from ..paths import DIFFICULTY_METRIC_DIR, EVAL_TASKS_DIR
+from ..tasks.answers import ANSWER_PREFIX
 
 
 @dataclass
@@ -51,6 +55,123 @@ class EvalConfig(Config):
             raise self.invalid("batch_size", f"must be >= 1, got {self.batch_size!r}")
 
 
+def answer_line_complete(text: str) -> bool:
+    """Whether `text` holds a whole first answer line ("Answer: ...\n"): every cogfm scorer reads a response up to
+    there and no further (answers.first_answer), so what a model writes after it cannot change a score."""
+    start = text.find(ANSWER_PREFIX)
+    return start >= 0 and "\n" in text[start + len(ANSWER_PREFIX) :]
+
+
+class AnswerLineComplete(StoppingCriteria):
+    """Marks a row of a batched generate() done once its answer line is complete. Each new token's text is appended
+    to the row's (cheap); when that says complete, the row's tokens are decoded as lm-eval decodes the response, and
+    that decides: a row is never stopped before its scored text is whole."""
+
+    def __init__(self, lm: HFLM, token_texts: list[str], prompt_length: int, batch_size: int):
+        self.lm, self.token_texts, self.prompt_length = lm, token_texts, prompt_length
+        self.texts = [""] * batch_size
+        self.done = [False] * batch_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        for row, token in enumerate(input_ids[:, -1].tolist()):
+            if not self.done[row]:
+                self.texts[row] += self.token_texts[token]
+                if answer_line_complete(self.texts[row]):
+                    generated = input_ids[row, self.prompt_length :].tolist()
+                    self.done[row] = answer_line_complete(self.lm.tok_decode(generated))
+        return torch.tensor(self.done, device=input_ids.device)
+
+
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values live in a buffer that doubles when full. DynamicLayer concatenates the
+    whole cache with each new token, O(length) per token: at evaluation lengths (prompts of ~150 tokens, ~250
+    generated) that copying was ~60% of decoding time on a CPU. The attention reads the same values through a
+    view, so the outputs are those of DynamicLayer (tests/test_evaluation.py compares the tokens)."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = self.get_seq_length()
+        new_length = length + key_states.shape[-2]
+        buffers = self._buffers
+        # Rebuilt from keys/values when full, and when something replaced them (crop, batch_select_indices, ...).
+        if buffers is None or buffers[0].shape[-2] < new_length or self.keys.data_ptr() != buffers[0].data_ptr():
+            capacity = max(64, 2 * new_length)
+            buffers = tuple(
+                torch.empty((*states.shape[:-2], capacity, states.shape[-1]), dtype=states.dtype, device=states.device)
+                for states in (key_states, value_states)
+            )
+            if length:
+                buffers[0][..., :length, :] = self.keys
+                buffers[1][..., :length, :] = self.values
+            self._buffers = buffers
+        buffers[0][..., length:new_length, :] = key_states
+        buffers[1][..., length:new_length, :] = value_states
+        self.keys, self.values = buffers[0][..., :new_length, :], buffers[1][..., :new_length, :]
+        return self.keys, self.values
+
+
+def growing_cache(config) -> DynamicCache | None:
+    """A DynamicCache of GrowingLayers for a model whose layers are all full attention (None otherwise: generate()
+    then makes its own cache)."""
+    cache = DynamicCache(config=config)
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    cache.layers = [GrowingLayer() for _ in cache.layers]
+    return cache
+
+
+class AnswerLineHFLM(HFLM):
+    """lm-eval's HF model (what `lm_eval --model hf` runs) with two changes: each generation also stops once its
+    answer line is complete, instead of running on to the task's `until` or max_gen_toks (what a model writes after
+    it is never scored), and the KV cache grows by doubling a buffer (GrowingLayer). The scores are those of the
+    plain model (tests/test_evaluation.py holds them equal)."""
+
+    @functools.cached_property
+    def _token_texts(self) -> list[str]:
+        return [self.tok_decode([token]) for token in range(len(self.tokenizer))]
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        """HFLM._model_generate (lm-eval 0.4) with the answer line among the stopping criteria: greedy unless the
+        task samples, lm-eval's `until` criteria, autocast as configured, the KV cache."""
+        from lm_eval.models.utils_hf import stop_sequences_criteria
+
+        generation_kwargs.setdefault("temperature", 0.0)
+        if generation_kwargs["temperature"] == 0.0 and not generation_kwargs.get("do_sample"):
+            generation_kwargs["do_sample"] = False
+            generation_kwargs.pop("temperature")
+        stopping = stop_sequences_criteria(self.tokenizer, stop, context.shape[1], context.shape[0])
+        stopping.append(AnswerLineComplete(self, self._token_texts, context.shape[1], context.shape[0]))
+        if "past_key_values" not in generation_kwargs and (cache := growing_cache(self.model.config)) is not None:
+            generation_kwargs["past_key_values"] = cache
+        precision = self.mixed_precision_dtype
+        with torch.autocast(device_type=self.device.type, dtype=precision, enabled=precision is not None):
+            return self.model.generate(
+                input_ids=context,
+                max_length=max_length,
+                stopping_criteria=stopping,
+                pad_token_id=self.tokenizer.pad_token_id,
+                use_cache=True,
+                **generation_kwargs,
+            )
+
+
+@functools.cache
+def task_manager(tasks: tuple[str, ...], include_path: str):
+    """lm-eval's TaskManager for `tasks`, made once per process. It indexes only `include_path` when every task is
+    found there: indexing lm-eval's own thousands of task files as well takes ~20 s, at each evaluation."""
+    from lm_eval.tasks import TaskManager
+
+    ours = TaskManager(include_path=include_path, include_defaults=False)
+    if set(tasks) <= set(ours.all_tasks):
+        return ours
+    return TaskManager(include_path=include_path)
+
+
 def run_lm_eval(
     model: torch.nn.Module | str | Path,
     tasks: list[str],
@@ -60,37 +181,33 @@ def run_lm_eval(
     tokenizer=None,
     include_path: str | None = None,
     device: str | None = None,
+    stop_at_answer_line: bool = True,
 ) -> dict:
     """lm-eval's results, with per-item samples. `model` is a live model (with its `tokenizer`; left in the
     train/eval mode it was in) or a checkpoint directory, loaded the way `lm_eval --model hf
     --model_args pretrained=DIR,trust_remote_code=True` loads it: fp32, on `device` (default: CUDA where there
     is a GPU, else the CPU) and with the checkpoint's own tokenizer. That runs the directory's own modeling code
-    (trust_remote_code): give it checkpoints your own runs wrote, as the experiments do."""
+    (trust_remote_code): give it checkpoints your own runs wrote, as the experiments do.
+    `stop_at_answer_line` (default) ends each generation at its complete answer line (AnswerLineHFLM), with the
+    scores of the plain `hf` model, which `False` runs."""
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=include_path or str(EVAL_TASKS_DIR))
+    manager = task_manager(tuple(tasks), include_path or str(EVAL_TASKS_DIR))
+    model_class = AnswerLineHFLM if stop_at_answer_line else HFLM
     if not isinstance(model, torch.nn.Module):
         if tokenizer is not None:
             raise ValueError(f"{model}: a checkpoint is evaluated with its own tokenizer; pass no tokenizer")
-        model_args = {"pretrained": str(model), "trust_remote_code": True, "dtype": "float32"}
-        return simple_evaluate(
-            model="hf",
-            model_args=model_args,
-            tasks=list(tasks),
-            task_manager=manager,
-            limit=limit,
-            batch_size=batch_size,
-            device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
-            log_samples=True,
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        lm = model_class(
+            pretrained=str(model), trust_remote_code=True, dtype="float32", batch_size=batch_size, device=device
         )
+        return simple_evaluate(model=lm, tasks=list(tasks), limit=limit, log_samples=True, task_manager=manager)
     if device is not None:
         raise ValueError("a live model is evaluated on the device it is on; `device` is for checkpoints")
     was_training = model.training
     try:
         model.eval()
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
+        lm = model_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
         return simple_evaluate(model=lm, tasks=list(tasks), limit=limit, log_samples=True, task_manager=manager)
     finally:
         model.train(was_training)

@@ -1,0 +1,101 @@
+"""The evaluation the training loop runs, timed: today's fast path against lm-eval's plain `hf` model.
+
+    python -m cogfm_hf.benchmarks.eval_speed --checkpoint outputs/cogfm-tiny      # after `make train`
+    python -m cogfm_hf.benchmarks.eval_speed --checkpoint DIR --tasks cogfm_chains_id --limit 50 --rounds 3
+
+Both arms evaluate the same checkpoint on the same items in one process, alternating (plain, fast, fast, plain,
+...), so background load hits both alike:
+  plain   lm-eval's HFLM, as `lm_eval --model hf` runs it, with a TaskManager that indexes lm-eval's own tasks too
+          (what run_lm_eval did before: ~20 s per evaluation)
+  fast    run_lm_eval as the training loop calls it: AnswerLineHFLM (each generation stops at its complete answer
+          line) and a TaskManager of our tasks only, made once per process
+Reported: seconds per evaluation (median over rounds), the ratio plain / fast, and whether every score agrees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from ..hardware import describe_cpu
+from ..paths import EVAL_TASKS_DIR
+from ..training.evaluation import run_lm_eval, scores
+
+
+def evaluate(arm: str, checkpoint: str, tasks: list[str], limit: int | None, batch_size: int) -> tuple[float, dict]:
+    """Seconds and scores of one evaluation by `arm`."""
+    start = time.perf_counter()
+    if arm == "plain":
+        results = _plain(checkpoint, tasks, limit, batch_size)
+    else:
+        results = run_lm_eval(checkpoint, tasks, limit=limit, batch_size=batch_size, device="cpu")
+    return time.perf_counter() - start, scores(results)
+
+
+def _plain(checkpoint: str, tasks: list[str], limit: int | None, batch_size: int) -> dict:
+    """What run_lm_eval ran before issue #20, for a checkpoint."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(EVAL_TASKS_DIR))  # indexes lm-eval's own tasks as well
+    model_args = {"pretrained": checkpoint, "trust_remote_code": True, "dtype": "float32"}
+    return simple_evaluate(
+        model="hf",
+        model_args=model_args,
+        tasks=list(tasks),
+        task_manager=manager,
+        limit=limit,
+        batch_size=batch_size,
+        device="cpu",
+        log_samples=True,
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="outputs/cogfm-tiny")
+    parser.add_argument("--tasks", nargs="*", default=["cogfm_all"])
+    parser.add_argument("--limit", type=int, default=20, help="items per task (the in-loop default)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+
+    seconds = {"plain": [], "fast": []}
+    results = {}
+    for round_index in range(args.rounds):
+        for arm in ("plain", "fast") if round_index % 2 == 0 else ("fast", "plain"):
+            elapsed, results[arm] = evaluate(arm, args.checkpoint, args.tasks, args.limit, args.batch_size)
+            seconds[arm].append(elapsed)
+            print(f"round {round_index}: {arm} {elapsed:.1f} s", flush=True)
+    differ = sorted(
+        key
+        for key in results["plain"].keys() | results["fast"].keys()
+        if results["plain"].get(key) != results["fast"].get(key)
+        and not (results["plain"].get(key) != results["plain"].get(key))  # NaN rates agree with NaN
+    )
+    ratios = sorted(plain / fast for plain, fast in zip(seconds["plain"], seconds["fast"]))
+    summary = {
+        "checkpoint": args.checkpoint,
+        "tasks": args.tasks,
+        "limit": args.limit,
+        "seconds": {arm: statistics.median(s) for arm, s in seconds.items()},
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": ratios[0],
+        "ratio_max": ratios[-1],
+        "scores_compared": len(results["plain"]),
+        "scores_differing": differ,
+    }
+    print(json.dumps(summary, indent=2))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; CPU: {describe_cpu()}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The fast evaluation path (cogfm_hf.training.evaluation): generations stop at their complete answer line, the KV
+cache grows by doubling, and lm-eval's task index is ours alone; none of it changes a token or a score. (The scores
+of the fast path against the plain `lm_eval --model hf` CLI on one checkpoint: test_eval_tasks.py.)"""
+
+import pytest
+import torch
+from transformers import AutoTokenizer, DynamicCache
+
+from cogfm_hf import CogFMForCausalLM
+from cogfm_hf.paths import EVAL_TASKS_DIR
+from cogfm_hf.tasks.answers import first_answer
+from cogfm_hf.training.evaluation import (
+    AnswerLineComplete,
+    AnswerLineHFLM,
+    answer_line_complete,
+    growing_cache,
+    run_lm_eval,
+    scores,
+    task_manager,
+)
+
+
+@pytest.mark.parametrize(
+    "text, complete",
+    [
+        ("2+2=4 write 4.\nAnswer: 4\n", True),
+        ("2+2=4 write 4.\nAnswer: 4", False),  # the answer may go on: 4, 42, 421...
+        ("Answer: 4\nAnswer: 5\n", True),
+        ("no answer line\n\nat all\n", False),
+        ("<|back|>Answer: zan\nmore", True),
+    ],
+)
+def test_an_answer_line_is_complete_exactly_when_first_answer_can_no_longer_change(text, complete):
+    assert answer_line_complete(text) is complete
+    if complete:  # whatever comes next, the scored text is the same
+        assert first_answer(text + "Answer: 9 and more\n") == first_answer(text)
+
+
+def test_the_criterion_stops_each_row_at_the_newline_after_its_answer(pretrained):
+    tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    model = CogFMForCausalLM.from_pretrained(pretrained)
+    lm = AnswerLineHFLM(pretrained=model, tokenizer=tokenizer, batch_size=2, backend="causal")
+    prompt = tokenizer("12+30=?\n")["input_ids"]
+    rows = ["2+0=2 write 2.\nAnswer: 42\nAnd now", "1+3=4 write 4 and then more steps, no answer yet"]
+    encoded = [tokenizer(row, add_special_tokens=False)["input_ids"] for row in rows]
+    criterion = AnswerLineComplete(lm, lm._token_texts, len(prompt), batch_size=2)
+    done_at = [None, None]
+    for step in range(max(map(len, encoded))):
+        # As generate() pads a finished row: with the pad token.
+        ids = [prompt + (row + [tokenizer.pad_token_id] * 99)[: step + 1] for row in encoded]
+        done = criterion(torch.tensor(ids), None)
+        for row in range(2):
+            if done[row] and done_at[row] is None:
+                done_at[row] = tokenizer.decode(ids[row][len(prompt) :])
+    assert done_at[0] is not None and done_at[0].endswith("Answer: 42\n"), done_at[0]
+    assert done_at[1] is None
+
+
+def test_the_growing_cache_generates_the_tokens_of_the_dynamic_cache(config):
+    model = CogFMForCausalLM(config).eval()
+    model.generation_config.pad_token_id = 0
+    ids = torch.randint(3, config.vocab_size, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding, as lm-eval batches
+    runs = {}
+    for name, cache in (("dynamic", DynamicCache(config=config)), ("growing", growing_cache(config))):
+        with torch.no_grad():
+            out = model.generate(
+                ids, attention_mask=mask, max_new_tokens=80, do_sample=False, past_key_values=cache
+            )  # 89 positions: the buffer of 64 doubles on the way
+        runs[name] = (out, cache)
+    assert torch.equal(runs["dynamic"][0], runs["growing"][0])
+    grown = runs["growing"][1]
+    torch.testing.assert_close(grown.layers[0].keys, runs["dynamic"][1].layers[0].keys, rtol=0, atol=0)
+
+    # A cache cut back (assisted decoding crops it) keeps growing correctly from what is left.
+    grown.crop(80 - grown.get_seq_length())
+    key = torch.randn(3, config.num_key_value_heads, 1, config.head_dim)
+    keys, _ = grown.layers[0].update(key, key)
+    assert keys.shape[-2] == 81 and torch.equal(keys[..., 80:, :], key)
+    assert torch.equal(keys[..., :80, :], runs["dynamic"][1].layers[0].keys[..., :80, :])
+
+
+def test_our_tasks_are_indexed_without_lm_eval_s_own_and_its_tasks_still_resolve():
+    ours = task_manager(("cogfm_all",), str(EVAL_TASKS_DIR))
+    assert "cogfm_chains_op2" in ours.all_tasks and "arc_easy" not in ours.all_tasks
+    assert task_manager(("cogfm_all",), str(EVAL_TASKS_DIR)) is ours  # made once per process
+    assert "arc_easy" in task_manager(("cogfm_all", "arc_easy"), str(EVAL_TASKS_DIR)).all_tasks
+
+
+def test_the_fast_and_the_plain_path_score_a_live_model_alike(pretrained):
+    model = CogFMForCausalLM.from_pretrained(pretrained)
+    tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    tasks = ["cogfm_addition_digits3", "cogfm_logic_self_correction", "cogfm_chains_next_step"]
+    results = {
+        fast: scores(run_lm_eval(model, tasks, limit=6, batch_size=4, tokenizer=tokenizer, stop_at_answer_line=fast))
+        for fast in (True, False)
+    }
+    assert results[True].keys() == results[False].keys() and len(results[True]) > 5
+    for key, value in results[True].items():
+        assert value == results[False][key] or (value != value and results[False][key] != results[False][key]), key
