@@ -31,3 +31,23 @@ def test_benchmark_script_reports_every_arm_against_the_baseline(tmp_path, capsy
     # Peak memory: each arm in a process of its own, so the figures differ (at least the model's bytes are there).
     assert all(mib > 5770496 * 4 / 2**20 for mib in result["peak_memory_mib"].values())
     assert "| cpu | fp32 | cogfm |" in capsys.readouterr().out
+
+
+def test_gpu_check_plans_within_the_carry_limit_and_carries_our_versions(capsys):
+    """The GPU check itself needs a lent GPU; what a CPU can check: its plan, its carry, its wheel versions."""
+    from importlib.metadata import version
+
+    import pytest
+
+    from cogfm_hf.benchmarks import gpu_check
+
+    gpu_check.main(["--dry-run", "--parts", "train_step", "lm_eval"])
+    printed = capsys.readouterr().out
+    assert "parts: train_step, lm_eval" in printed
+    carried = gpu_check.tracked_bytes(gpu_check.Path(gpu_check.__file__).resolve().parents[2])
+    assert carried + sum(gpu_check.WHEELS.values()) < gpu_check.CARRY_LIMIT_BYTES
+    pinned = dict(wheel.split("==") for wheel in gpu_check.WHEELS)
+    for package in ("transformers", "peft", "lm_eval", "datasets", "evaluate", "datatrove"):
+        assert pinned[package] == version(package), package  # the machine runs what we test here
+    with pytest.raises(SystemExit, match="no CUDA device here"):
+        gpu_check.main(["--parts", "fsdp"])

@@ -143,6 +143,7 @@ def test_gradient_accumulation_gives_the_same_update(data_dir, tmp_path):
     assert moved > 5
 
 
+@pytest.mark.slow  # ~50 s with inductor's cache cold (CI), ~8 s warm
 def test_compiled_training_matches_eager_and_resumes_to_the_same_weights(data_dir, tmp_path):
     """`compile: true` (forward and loss in one torch.compile graph): on packed rows, with gradient checkpointing,
     the self-correction loss's unlikelihood and z-loss terms, the losses and weights of eager training; a compiled

@@ -1,28 +1,70 @@
 """Data-pipeline throughput: near-duplicate detection (documents/s) and tokenise + pack (tokens/s).
 
-    python -m cogfm_hf.benchmarks.data_speed [--examples 20000] [--workers 1]
+    python -m cogfm_hf.benchmarks.data_speed [--examples 20000] [--workers 1] [--rounds 2]
 
 Runs a real build (the standard library plus generated reasoning examples) and reads each stage's
 wall time from its report. Baselines, timed in the same process on the same documents: exact
 deduplication (content hashing, datatrove's 3 stages) for near-dedup, and bare batch tokenisation
 (`tokenizer(texts)`, no offsets, no packing) for tokenise + pack.
+
+Then MinHash signatures alone, in this process, alternating round by round on the build's exact-deduplicated
+corpus: our MinhashSignature against datatrove's own (spaCy word tokenisation, what the build ran before issue #20).
+And the near-duplicates each marks, through datatrove's bucket and cluster stages: a different word tokeniser and
+n-gram hash change the shingles, so some documents near the threshold change sides. How many is put beside
+MinHash's own spread: datatrove's signatures again under another hash seed.
 """
 
 import argparse
+import dataclasses
 import gzip
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupSignature
+from datatrove.pipeline.readers import JsonlReader
+
 from ..data import build, load_recipe
+from ..data.pipeline import MinhashSignature, minhash_config
 from ..hardware import describe_cpu
+
+SIGNATURES = {"datatrove (spaCy words)": MinhashDedupSignature, "ours": MinhashSignature}
+
+
+def signature_seconds(signature_step, texts: list[str]) -> float:
+    start = time.perf_counter()
+    for text in texts:
+        shingles = signature_step.get_shingles(text)
+        if shingles.size:
+            signature_step.get_signature(shingles)
+    return time.perf_counter() - start
+
+
+def near_duplicates(corpus: Path, scratch: Path, signature_class, config, workers: int) -> set:
+    """The documents the three MinHash stages mark for removal in `corpus`, as (rank, index)."""
+    steps = {
+        "signatures": ([JsonlReader(str(corpus)), signature_class(str(scratch / "sigs"), config=config)], workers),
+        "buckets": ([MinhashDedupBuckets(str(scratch / "sigs"), str(scratch / "buckets"), config=config)], None),
+        "cluster": ([MinhashDedupCluster(str(scratch / "buckets"), str(scratch / "remove"), config=config)], 1),
+    }
+    for name, (pipeline, tasks) in steps.items():
+        LocalPipelineExecutor(pipeline, tasks=tasks or config.num_buckets, logging_dir=str(scratch / name)).run()
+    return {
+        (int(path.name.split(".")[0]), int(index))
+        for path in (scratch / "remove").glob("*.remove")
+        for index in np.fromfile(path, dtype="<u4")
+    }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=20000, help="generated reasoning examples")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the MinHash comparison")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         recipe = load_recipe(
@@ -75,6 +117,21 @@ def main(argv=None):
             tokenizer(texts[i : i + 256], add_special_tokens=False)
         bare = time.perf_counter() - start
 
+        config = minhash_config(recipe)
+        steps = {name: cls(str(Path(scratch) / "unused"), config=config) for name, cls in SIGNATURES.items()}
+        signature_step_seconds = {name: [] for name in SIGNATURES}
+        for round_index in range(args.rounds):
+            for name in SIGNATURES if round_index % 2 == 0 else reversed(SIGNATURES):
+                signature_step_seconds[name].append(signature_seconds(steps[name], near_input))
+        marked = {
+            name: near_duplicates(work / "exact_deduped", Path(scratch) / f"mh-{i}", cls, config, args.workers)
+            for i, (name, cls) in enumerate(SIGNATURES.items())
+        }
+        reseeded = dataclasses.replace(config, seed=config.seed + 1)
+        marked["datatrove, hash seed + 1"] = near_duplicates(
+            work / "exact_deduped", Path(scratch) / "mh-seed", MinhashDedupSignature, reseeded, args.workers
+        )
+
     print(
         f"\n{args.workers} worker(s); {curated_docs:,} corpus documents into exact dedup, {corpus_docs:,} "
         f"({corpus_chars / corpus_docs:,.0f} characters on average) into near dedup; "
@@ -92,6 +149,22 @@ def main(argv=None):
         f"{tokens / bare:,.0f} tokens/s | {bare / seconds['pack']:.2f} |"
     )
     print("\nstage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+
+    times = list(signature_step_seconds.values())
+    ratios = sorted(theirs / ours for theirs, ours in zip(*times))
+    print(f"\nMinHash signatures (shingles + min-hashes) of the same {corpus_docs:,} documents, {args.rounds} rounds:")
+    print("| signatures | docs/s | MB/s |")
+    print("|---|---|---|")
+    for name, seconds_of_rounds in signature_step_seconds.items():
+        median = statistics.median(seconds_of_rounds)
+        print(f"| {name} | {corpus_docs / median:,.0f} | {corpus_chars / median / 1e6:.2f} |")
+    print(f"speed-up: {statistics.median(ratios):.2f}x (min {ratios[0]:.2f}, max {ratios[-1]:.2f})")
+    reference = marked["datatrove (spaCy words)"]
+    print("\n| near-duplicates marked by | count | also marked by datatrove (spaCy, seed 1) | Jaccard |")
+    print("|---|---|---|---|")
+    for name, documents in marked.items():
+        jaccard = len(documents & reference) / max(1, len(documents | reference))
+        print(f"| {name} | {len(documents)} | {len(documents & reference)} | {jaccard:.3f} |")
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import yaml
@@ -163,6 +163,15 @@ def summarise(times: dict, tokens_per_call: int, baseline: str) -> dict:
             "ratio_max": ratios[-1],
         }
     return summary
+
+
+def peak_resident_mib() -> float:
+    """This process's peak resident set: VmHWM, which starts afresh at exec (getrusage's ru_maxrss keeps the
+    parent's peak across fork and exec, so a child started by a large parent would report the parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status: peak memory needs Linux")
 
 
 def peak_memory_mib(arm: str, argv: list[str], device: torch.device, bf16: bool) -> float:
@@ -298,7 +307,7 @@ def main(argv=None):
         _, step = make_train_step(args.only_memory_of, config, batch, device, bf16)
         for _ in range(3):
             step()
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+        print(peak_resident_mib())
         return
     results = []
     for device in map(torch.device, devices):

@@ -22,6 +22,8 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+import xxhash
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
@@ -36,6 +38,7 @@ from datatrove.pipeline.dedup.minhash import (
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.hashing import HashConfig
+from datatrove.utils.text import simplify_text
 from tqdm import tqdm
 
 from ..config import RecipeError
@@ -59,6 +62,32 @@ class OptionalJsonlReader(JsonlReader):
             yield from super().run(data, rank, world_size)
         elif data:
             yield from data
+
+
+class MinhashSignature(MinhashDedupSignature):
+    """datatrove's MinHash signatures, with shingles made ~7x faster (docs/benchmarks.md). datatrove's simplified
+    text (lowercased, punctuation turned into spaces, numbers normalised) has its words between spaces: they are
+    split there rather than by spaCy, datatrove's English word tokeniser, which ran at ~0.5 MB/s on the built-in
+    corpus. Each distinct word is hashed once (xxhash64) and an n-gram's hash combines its words' hashes in numpy
+    (a polynomial over the n words, then splitmix64's finaliser), rather than hashing every joined n-gram string."""
+
+    MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so the polynomial loses no bits
+
+    def get_shingles(self, text: str) -> np.ndarray:
+        words = simplify_text(text, self.config.norm_config).split()
+        count = len(words) - self.config.n_grams + 1
+        if count < 1:
+            return np.empty((0, 1), dtype=np.uint64)
+        word_hash = {word: xxhash.xxh64_intdigest(word) for word in set(words)}
+        hashes = np.fromiter((word_hash[word] for word in words), dtype=np.uint64, count=len(words))
+        shingles = np.zeros(count, dtype=np.uint64)
+        with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
+            for offset in range(self.config.n_grams):
+                shingles = shingles * self.MULTIPLIER + hashes[offset : offset + count]
+            shingles ^= shingles >> np.uint64(31)
+            shingles *= np.uint64(0xBF58476D1CE4E5B9)
+            shingles ^= shingles >> np.uint64(29)
+        return shingles.reshape(-1, 1)
 
 
 def document_text(doc) -> str:
@@ -151,7 +180,7 @@ def pipelines(recipe: DataRecipe, work: Path) -> dict[str, tuple[list, int]]:
         config = minhash_config(recipe)
         sigs, buckets, remove = (str(work / "minhash" / name) for name in ("sigs", "buckets", "remove"))
         stages["minhash_signatures"] = (
-            [OptionalJsonlReader(corpus), MinhashDedupSignature(output_folder=sigs, config=config)],
+            [OptionalJsonlReader(corpus), MinhashSignature(output_folder=sigs, config=config)],
             tasks,
         )
         stages["minhash_buckets"] = (
