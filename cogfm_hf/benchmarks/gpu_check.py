@@ -54,7 +54,12 @@ WHEELS = {
     "chardet==7.7.0": 1_658_969,
 }
 CARRY_LIMIT_BYTES = 64 * 2**20  # the device tool's limit on what travels: the working tree and the wheels
-PRESETS = {"cogfm-125m": (16, 2048), "cogfm-1b": (8, 2048)}  # batch, sequence length for one H200
+# batch, sequence length and arms (cogfm_hf.benchmarks.model_speed) per preset, sized for one H200 and the ~4 minutes:
+# every arm at 125m; at 1b the baseline and what `compile: true` trains (each compile there takes a minute or so).
+PRESETS = {
+    "cogfm-125m": (16, 2048, ["llama", "llama_compiled", "cogfm", "cogfm_compiled"]),
+    "cogfm-1b": (4, 2048, ["llama", "cogfm_compiled"]),
+}
 FSDP_STEPS = 6
 
 
@@ -83,10 +88,11 @@ def train_step(out: Path, repeats: int) -> dict:
 
     peak, peak_note = peak_flops(None, bf16=True)
     results = {"peak": peak_note}
-    for preset, (batch, seq_len) in PRESETS.items():
+    for preset, (batch, seq_len, arms) in PRESETS.items():
         config = CogFMConfig.from_preset(preset, qk_norm=False)
         argv = ["--preset", preset, "--overrides", "qk_norm=false", "--precisions", "bf16", "--devices", "cuda"]
         argv += ["--batch-size", str(batch), "--seq-len", str(seq_len), "--repeats", str(repeats), "--warmup", "1"]
+        argv += ["--arms", *arms]
         argv += ["--memory", "--json", str(out / f"model_speed_{preset}.json")]
         model_speed.main(argv)
         (result,) = json.loads((out / f"model_speed_{preset}.json").read_text())
@@ -153,7 +159,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("gpu_check_out"), help="where the figures go")
     parser.add_argument("--parts", nargs="*", choices=["train_step", "fsdp", "lm_eval"], default=None)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of each train-step arm")
+    parser.add_argument("--repeats", type=int, default=4, help="interleaved rounds of each train-step arm")
     parser.add_argument("--eval-limit", type=int, default=20)
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the carry size; run nothing")
     parser.add_argument("--download-wheels", type=Path, help="download WHEELS into this folder and stop")
@@ -165,7 +171,10 @@ def main(argv=None):
         return
     carry = tracked_bytes(repository) + sum(WHEELS.values())
     if args.dry_run:
-        print(f"parts: {', '.join(parts)}; presets {PRESETS}; FSDP steps {FSDP_STEPS}; eval limit {args.eval_limit}")
+        presets = "; ".join(f"{name} {b}x{n} {', '.join(arms)}" for name, (b, n, arms) in PRESETS.items())
+        print(
+            f"parts: {', '.join(parts)}; train steps: {presets}; FSDP steps {FSDP_STEPS}; eval limit {args.eval_limit}"
+        )
         print(f"carry: {carry / 2**20:.1f} MiB of {CARRY_LIMIT_BYTES / 2**20:.0f} (repository + {len(WHEELS)} wheels)")
         return
     import torch

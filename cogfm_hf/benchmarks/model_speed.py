@@ -19,8 +19,9 @@ All arms run in one process, timed round-robin with the order flipped every roun
 alike. Reported: tokens/s of each arm (median over rounds) and its ratio to `llama`: the median of the per-round
 ratios, with their minimum and maximum as the spread. The first call of each arm is timed apart (compile time:
 the first call minus a steady step; inductor's cache, under TORCHINDUCTOR_CACHE_DIR or /tmp, makes a second run
-pay less). `--memory` adds each arm's peak memory: CUDA's peak allocation, or on a CPU the peak resident set of
-a fresh process that runs only that arm.
+pay less). `--memory` adds each arm's peak memory: on CUDA the peak allocation of its step above what all arms hold
+resident (their weights and optimizer states), on a CPU the peak resident set of a fresh process that runs only
+that arm.
 """
 
 from __future__ import annotations
@@ -218,10 +219,13 @@ def benchmark(config: CogFMConfig, device: torch.device, bf16: bool, args, argv:
     if args.memory:
         result["peak_memory_mib"] = {}
         for arm in args.arms:
-            if device.type == "cuda":
+            if device.type == "cuda":  # every arm's model is resident: count what this arm's step adds on top
+                resident = torch.cuda.memory_allocated(device)
                 torch.cuda.reset_peak_memory_stats(device)
                 steps[arm]()
-            result["peak_memory_mib"][arm] = peak_memory_mib(arm, argv, device, bf16)
+                result["peak_memory_mib"][arm] = (peak_memory_mib(arm, argv, device, bf16) * 2**20 - resident) / 2**20
+            else:
+                result["peak_memory_mib"][arm] = peak_memory_mib(arm, argv, device, bf16)
     if args.new_tokens:
         decoders = {name: models[name].eval() for name in ("cogfm", "llama") if name in models}
         for model in decoders.values():
