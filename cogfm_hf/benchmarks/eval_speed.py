@@ -5,8 +5,8 @@
 
 Both arms evaluate the same checkpoint on the same items in one process, alternating (plain, fast, fast, plain,
 ...), so background load hits both alike:
-  plain   lm-eval's HFLM, as `lm_eval --model hf` runs it, with a TaskManager that indexes lm-eval's own tasks too
-          (what run_lm_eval did before: ~20 s per evaluation)
+  plain   lm-eval's HFLM, as `lm_eval --model hf` runs it (run_lm_eval with stop_at_answer_line=False), plus the
+          TaskManager indexing lm-eval's own tasks that run_lm_eval built at every evaluation before (~20 s)
   fast    run_lm_eval as the training loop calls it: AnswerLineHFLM (each generation stops at its complete answer
           line) and a TaskManager of our tasks only, made once per process
 Reported: seconds per evaluation (median over rounds), the ratio plain / fast, and whether every score agrees.
@@ -30,29 +30,13 @@ def evaluate(arm: str, checkpoint: str, tasks: list[str], limit: int | None, bat
     """Seconds and scores of one evaluation by `arm`."""
     start = time.perf_counter()
     if arm == "plain":
-        results = _plain(checkpoint, tasks, limit, batch_size)
-    else:
-        results = run_lm_eval(checkpoint, tasks, limit=limit, batch_size=batch_size, device="cpu")
-    return time.perf_counter() - start, scores(results)
+        from lm_eval.tasks import TaskManager
 
-
-def _plain(checkpoint: str, tasks: list[str], limit: int | None, batch_size: int) -> dict:
-    """What run_lm_eval ran before issue #20, for a checkpoint."""
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    manager = TaskManager(include_path=str(EVAL_TASKS_DIR))  # indexes lm-eval's own tasks as well
-    model_args = {"pretrained": checkpoint, "trust_remote_code": True, "dtype": "float32"}
-    return simple_evaluate(
-        model="hf",
-        model_args=model_args,
-        tasks=list(tasks),
-        task_manager=manager,
-        limit=limit,
-        batch_size=batch_size,
-        device="cpu",
-        log_samples=True,
+        TaskManager(include_path=str(EVAL_TASKS_DIR))  # the index with lm-eval's own tasks, built at every call before
+    results = run_lm_eval(
+        checkpoint, tasks, limit=limit, batch_size=batch_size, device="cpu", stop_at_answer_line=arm == "fast"
     )
+    return time.perf_counter() - start, scores(results)
 
 
 def main(argv=None):

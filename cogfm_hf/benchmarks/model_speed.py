@@ -176,22 +176,11 @@ def peak_resident_mib() -> float:
 
 
 def peak_memory_mib(arm: str, argv: list[str], device: torch.device, bf16: bool) -> float:
-    """Peak memory of one arm's training steps: CUDA's peak allocation in this process, or on a CPU the peak
-    resident set of a fresh process that builds the arm and runs three steps (a CPU has no allocator counter)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+    """Peak resident set of a fresh process that builds `arm` and runs three steps (a CPU has no allocator
+    counter, and this process holds every arm)."""
     precision = "bf16" if bf16 else "fp32"
-    command = [
-        sys.executable,
-        "-m",
-        "cogfm_hf.benchmarks.model_speed",
-        *argv,
-        "--devices",
-        str(device),
-        "--precisions",
-        precision,
-    ]
-    command += ["--only-memory-of", arm]
+    command = [sys.executable, "-m", "cogfm_hf.benchmarks.model_speed", *argv]
+    command += ["--devices", str(device), "--precisions", precision, "--only-memory-of", arm]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return float(output.strip().splitlines()[-1])
 
@@ -223,7 +212,7 @@ def benchmark(config: CogFMConfig, device: torch.device, bf16: bool, args, argv:
                 resident = torch.cuda.memory_allocated(device)
                 torch.cuda.reset_peak_memory_stats(device)
                 steps[arm]()
-                result["peak_memory_mib"][arm] = (peak_memory_mib(arm, argv, device, bf16) * 2**20 - resident) / 2**20
+                result["peak_memory_mib"][arm] = (torch.cuda.max_memory_allocated(device) - resident) / 2**20
             else:
                 result["peak_memory_mib"][arm] = peak_memory_mib(arm, argv, device, bf16)
     if args.new_tokens:

@@ -109,7 +109,6 @@ class CogFMTrainer(Trainer):
         # Compiled here rather than through TrainingArguments.torch_compile, which would compile the model alone
         # (the loss outside its graph) and hand the compiled wrapper to the in-loop evaluation, whose generate()
         # calls change shape every token. self.model stays the plain module: checkpoints and evaluation see it.
-        self.compiled = compile
         self._forward_and_loss = torch.compile(forward_and_loss) if compile else forward_and_loss
 
     def _load_optimizer_and_scheduler(self, checkpoint):
