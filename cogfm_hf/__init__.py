@@ -37,6 +37,13 @@ AutoModelForTokenClassification.register(CogFMConfig, CogFMForTokenClassificatio
 for _name, _mapping in vars(peft_constants).items():
     if _name.startswith("TRANSFORMERS_MODELS_TO_") and isinstance(_mapping, dict) and "llama" in _mapping:
         _mapping.setdefault(CogFMConfig.model_type, _mapping["llama"])
+# LoRA also adapts the input projection of the `conv` and Mamba-2 mixers (`in_proj`), which carry the only
+# token-mixing projection of those layers; a model without such layers adapts Llama's q_proj and v_proj alone.
+peft_constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[CogFMConfig.model_type] = [
+    "q_proj",
+    "v_proj",
+    "in_proj",
+]
 
 __version__ = "0.1.0"
 __all__ = [

@@ -11,9 +11,11 @@ import argparse
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .console import text_table
-from .modeling.configuration_cogfm import PRESETS, CogFMConfig
+from .modeling.configuration_cogfm import ATTENTION_LAYER_TYPES, PRESETS, SSM_LAYER_TYPES, CogFMConfig
+from .modeling.mixers_cogfm import CogFMCausalConv
 from .modeling.modeling_cogfm import CogFMForCausalLM
 
 # What each preset name promises, as (target parameters, relative tolerance).
@@ -22,6 +24,10 @@ PRESET_TARGETS = {
     "cogfm-125m": (125e6, 0.10),
     "cogfm-1b": (1.0e9, 0.10),
     "cogfm-6b": (6.0e9, 0.05),
+    # Other mixers at the size of the attention-only preset they are compared with.
+    "cogfm-tiny-canon": (5.77e6, 0.05),
+    "cogfm-tiny-hybrid": (5.77e6, 0.05),
+    "cogfm-6b-hybrid": (6.0e9, 0.05),
 }
 
 GPU_COUNTS = (1, 8, 64)
@@ -29,9 +35,11 @@ GIB = 1024**3
 
 ASSUMPTIONS = """\
 Assumptions:
-- FLOPs/token = 6 x (matmul parameters, output head included even when tied)
-  + 12 x layers x seq_len x (heads x head_dim) for attention scores and values (PaLM appendix B);
-  seq_len = the preset's max_position_embeddings; the causal half is not discounted.
+- FLOPs/token = 6 x (matmul and convolution weights, output head included even when tied)
+  + 12 x attention layers x seq_len x (heads x head_dim) for attention scores and values (PaLM appendix B)
+  + 6 x SSM layers x SSM heads x (chunk x (state + head_dim) + 2 x state x head_dim) for Mamba-2's chunked scan
+  (its within-chunk scores and values, and the chunk states in and out); seq_len = the preset's
+  max_position_embeddings; the causal half is not discounted (in attention or in a chunk).
 - Memory per GPU: FSDP full sharding (ZeRO-3) with bf16 compute and fp32 master weights:
   sharded fp32 weights + fp32 grads + AdamW m and v = 16 bytes/parameter / GPUs;
   plus unsharded bf16 copies of the 3 largest FSDP units in flight (current, prefetched, grad being reduced);
@@ -56,29 +64,49 @@ def count_parameters(config: CogFMConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def layer_parameters(config: CogFMConfig) -> int:
-    kv_width = config.num_key_value_heads * config.head_dim
-    q_width = config.num_attention_heads * config.head_dim
-    attention = config.hidden_size * (2 * q_width + 2 * kv_width)
-    mlp = 3 * config.hidden_size * config.intermediate_size
-    return attention + mlp
+def layer_parameters(config: CogFMConfig) -> list[int]:
+    """Parameters of each decoder layer, counted on the meta device."""
+    with torch.device("meta"):
+        model = CogFMForCausalLM(config)
+    return [sum(p.numel() for p in layer.parameters()) for layer in model.model.layers]
 
 
 def train_flops_per_token(config: CogFMConfig, seq_len: int) -> float:
-    matmul_params = config.num_hidden_layers * layer_parameters(config) + config.vocab_size * config.hidden_size
-    attention = 12 * config.num_hidden_layers * seq_len * config.num_attention_heads * config.head_dim
-    return 6 * matmul_params + attention
+    with torch.device("meta"):
+        model = CogFMForCausalLM(config)
+    # Norm gains and the SSM's per-head scalars are elementwise work, not multiply-accumulates over an input.
+    weights = sum(
+        module.weight.numel()
+        for module in model.model.layers.modules()
+        if isinstance(module, (nn.Linear, CogFMCausalConv))
+    )
+    matmul_params = weights + config.vocab_size * config.hidden_size
+    attention_layers = sum(layer_type in ATTENTION_LAYER_TYPES for layer_type in config.layer_types)
+    attention = 12 * attention_layers * seq_len * config.num_attention_heads * config.head_dim
+    ssm = 0
+    if ssm_layers := sum(layer_type in SSM_LAYER_TYPES for layer_type in config.layer_types):
+        heads = config.mamba_d_ssm // config.mamba_d_head
+        chunk = min(config.mamba_chunk_size, seq_len)
+        per_head = (
+            chunk * (config.mamba_d_state + config.mamba_d_head) + 2 * config.mamba_d_state * config.mamba_d_head
+        )
+        ssm = 6 * ssm_layers * heads * per_head
+    return 6 * matmul_params + attention + ssm
 
 
 def train_memory_bytes_per_gpu(config: CogFMConfig, parameters: int, gpus: int, seq_len: int) -> float:
     sharded_states = 16 * parameters / gpus
     embedding = config.vocab_size * config.hidden_size
-    largest_unit = max(layer_parameters(config), embedding)
+    largest_unit = max(*layer_parameters(config), embedding)
     gathered = 3 * 2 * largest_unit
     h, i = config.hidden_size, config.intermediate_size
     kv = config.num_key_value_heads * config.head_dim
     checkpointed_inputs = config.num_hidden_layers * seq_len * h * 2
     one_layer_internals = seq_len * (6 * h + 2 * kv + 4 * i) * 2
+    if set(config.layer_types) & set(SSM_LAYER_TYPES):  # in_proj's output, the convolved x|B|C and the scan's y
+        one_layer_internals += (
+            seq_len * (3 * config.mamba_d_ssm + 4 * config.mamba_n_groups * config.mamba_d_state) * 2
+        )
     logits = seq_len * config.vocab_size * 4 * 2
     return sharded_states + gathered + checkpointed_inputs + one_layer_internals + logits
 

@@ -6,10 +6,35 @@ This file is copied into every checkpoint, so it imports only transformers and s
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-# The mixer each decoder layer can use. Only full causal self-attention exists today; the
-# per-layer list (and `DynamicCache(config=...)`, which lays out caches from it) leaves room for
-# SSM or short-convolution mixers later without changing the checkpoint format.
-SUPPORTED_LAYER_TYPES = ("full_attention",)
+# The mixer of each decoder layer, named as transformers' cache and mask tables name the state it keeps, so
+# `DynamicCache(config=...)` lays out the right cache per layer:
+#   full_attention    causal self-attention (keys and values)
+#   conv              gated short convolution, as LFM2's (a convolution state)
+#   linear_attention  Mamba-2, as Falcon-H1's SSM branch (a convolution and an SSM state)
+#   hybrid            self-attention and Mamba-2 side by side on the same input, their outputs summed (Falcon-H1)
+SUPPORTED_LAYER_TYPES = ("full_attention", "conv", "linear_attention", "hybrid")
+ATTENTION_LAYER_TYPES = ("full_attention", "hybrid")
+SSM_LAYER_TYPES = ("linear_attention", "hybrid")
+# Canon layers (Physics of Language Models Part 4.1): residual causal depthwise convolutions at
+#   A  the mixer's input, after the first norm      B  attention's queries, keys and values, before RoPE
+#   C  the MLP's input, after the second norm       D  the MLP's gate and up projections, before SiLU
+CANON_POINTS = "ABCD"
+# Each mixer setting: the mixer that reads it, and its default there (None: 2 * hidden_size, Mamba-2's expansion).
+MIXER_DEFAULTS = {
+    "canon_kernel": ("canon", 4),  # Part 4.1's kernel
+    "conv_kernel": ("conv", 3),  # LFM2's
+    "mamba_d_ssm": ("ssm", None),
+    "mamba_d_head": ("ssm", 64),
+    "mamba_d_state": ("ssm", 64),
+    "mamba_n_groups": ("ssm", 1),
+    "mamba_d_conv": ("ssm", 4),  # Mamba-2's
+    "mamba_chunk_size": ("ssm", 64),  # short: the torch scan's cost grows with the chunk
+}
+MIXER_USERS = {
+    "canon": "canon_set is empty",
+    "conv": "no layer is 'conv'",
+    "ssm": "no layer is 'linear_attention' or 'hybrid'",
+}
 
 # Named sizes. Parameter counts (counted on the meta device by `python -m cogfm_hf.presets`) are
 # what the names promise; the tests hold each preset to its tolerance. The larger presets follow
@@ -57,6 +82,36 @@ PRESETS = {
         qk_norm=True,
     ),
 }
+# Other mixers at the sizes of the attention-only presets they are compared with (the tests hold each within 5%).
+PRESETS.update(
+    {
+        # Canon layers at every point of every layer (Physics of LMs Part 4.1's "ABCD"): ~1% more parameters.
+        "cogfm-tiny-canon": dict(PRESETS["cogfm-tiny"], canon_set="ABCD"),
+        # Falcon-H1's layout at CPU size: every layer runs attention and a Mamba-2 branch side by side; the MLP is
+        # narrower so the parameters match cogfm-tiny's.
+        "cogfm-tiny-hybrid": dict(
+            PRESETS["cogfm-tiny"],
+            intermediate_size=512,
+            layer_types=["hybrid"] * 6,
+            mamba_d_ssm=256,
+            mamba_d_head=32,
+            mamba_d_state=16,
+        ),
+        # Falcon-H1-like at 6B: attention and Mamba-2 side by side in every layer, with Falcon-H1's large SSM share
+        # (an SSM 1.5x as wide as the residual stream, with 128-wide states, beside 4:1 grouped-query attention);
+        # 25 layers and a narrower MLP keep it at 6B.
+        "cogfm-6b-hybrid": dict(
+            PRESETS["cogfm-6b"],
+            intermediate_size=8192,
+            num_hidden_layers=25,
+            layer_types=["hybrid"] * 25,
+            mamba_d_ssm=6144,
+            mamba_d_head=64,
+            mamba_d_state=128,
+            mamba_n_groups=8,
+        ),
+    }
+)
 
 
 class CogFMConfig(PreTrainedConfig):
@@ -93,7 +148,21 @@ class CogFMConfig(PreTrainedConfig):
         tie_word_embeddings: share the input embedding matrix with the output head.
         qk_norm: apply a per-head RMSNorm to queries and keys before RoPE.
         attention_dropout: dropout on attention probabilities while training.
-        layer_types: the mixer of each layer; defaults to `"full_attention"` everywhere.
+        layer_types: the mixer of each layer, one of `SUPPORTED_LAYER_TYPES` (see there); defaults to
+            `"full_attention"` everywhere. At least one layer must attend (`full_attention` or `hybrid`).
+        canon_set: where Canon layers sit in every layer, any of the letters "ABCD" (see `CANON_POINTS`), e.g.
+            "ABCD" (all four, the paper's default) or "" (none). B applies to attention (`full_attention`, `hybrid`);
+            the `conv` and `linear_attention` mixers already convolve their projections.
+        The settings below belong to one mixer each; they default where it is used and are refused where not.
+        canon_kernel: kernel size of the Canon convolutions (default 4, the paper's).
+        conv_kernel: kernel size of the `conv` mixer's convolution (default 3, LFM2's).
+        mamba_d_ssm: inner width of the Mamba-2 mixer; defaults to 2 * hidden_size (Mamba-2's expansion).
+        mamba_d_head: width of one SSM head (default 64); must divide `mamba_d_ssm`.
+        mamba_d_state: size of the SSM state per head (default 64).
+        mamba_n_groups: groups sharing one B and C projection, as grouped-query attention (default 1); must divide
+            the heads.
+        mamba_d_conv: kernel size of the Mamba-2 convolution over x, B and C (default 4).
+        mamba_chunk_size: chunk length of the chunked SSD scan in training and prefill (default 64).
         use_cache: return a KV cache from forward by default (generation).
 
     Example:
@@ -133,6 +202,15 @@ class CogFMConfig(PreTrainedConfig):
     qk_norm: bool = False
     attention_dropout: float = 0.0
     layer_types: list[str] | None = None
+    canon_set: str = ""
+    canon_kernel: int | None = None
+    conv_kernel: int | None = None
+    mamba_d_ssm: int | None = None
+    mamba_d_head: int | None = None
+    mamba_d_state: int | None = None
+    mamba_n_groups: int | None = None
+    mamba_d_conv: int | None = None
+    mamba_chunk_size: int | None = None
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = None
@@ -163,6 +241,7 @@ class CogFMConfig(PreTrainedConfig):
         if self.layer_types is None:
             self.layer_types = ["full_attention"] * self.num_hidden_layers
         self._check_layer_types()
+        self._check_mixers()
         super().__post_init__(**kwargs)  # standardises rope_parameters: rope_type, and rope_theta unless given
         rope_type = self.rope_parameters["rope_type"]
         if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
@@ -206,6 +285,69 @@ class CogFMConfig(PreTrainedConfig):
                     f"CogFMConfig.layer_types[{index}] is {layer_type!r}, which CogFM does not implement; "
                     f"use one of {SUPPORTED_LAYER_TYPES}."
                 )
+        if not set(self.layer_types) & set(ATTENTION_LAYER_TYPES):
+            raise ValueError(
+                f"CogFMConfig.layer_types has no attention layer ({self.layer_types}); make at least one layer "
+                "'full_attention' or 'hybrid': generation reads the sequence length from an attention cache."
+            )
+
+    def _check_mixers(self):
+        if not isinstance(self.canon_set, str) or set(self.canon_set) - set(CANON_POINTS):
+            raise ValueError(
+                f"CogFMConfig.canon_set must be a string of the letters {CANON_POINTS!r} (where Canon layers sit), "
+                f"got {self.canon_set!r}; e.g. 'ABCD' for all four points or '' for none."
+            )
+        if len(set(self.canon_set)) != len(self.canon_set):
+            raise ValueError(f"CogFMConfig.canon_set names a point twice: {self.canon_set!r}.")
+        # A mixer's settings take their defaults where the mixer is used, and are refused where it is not: a value
+        # the model would never read is a mistake in the config.
+        used = {
+            "canon": bool(self.canon_set),
+            "conv": "conv" in self.layer_types,
+            "ssm": bool(set(self.layer_types) & set(SSM_LAYER_TYPES)),
+        }
+        for field, (mixer, default) in MIXER_DEFAULTS.items():
+            if not used[mixer]:
+                if getattr(self, field) is not None:
+                    raise ValueError(
+                        f"CogFMConfig.{field} is set ({getattr(self, field)!r}) but no layer uses it: "
+                        f"{MIXER_USERS[mixer]}; remove it or add such a layer."
+                    )
+            elif getattr(self, field) is None:
+                setattr(self, field, default if default is not None else 2 * self.hidden_size)
+        for field, mixer in (("canon_kernel", "canon"), ("conv_kernel", "conv")):
+            if used[mixer]:
+                self._check_kernel(field)
+        if used["ssm"]:
+            self._check_ssm()
+
+    def _check_kernel(self, field: str):
+        value = getattr(self, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise ValueError(f"CogFMConfig.{field} must be an integer >= 2 (a convolution kernel), got {value!r}.")
+
+    def _check_ssm(self):
+        self._check_kernel("mamba_d_conv")
+        for field in ("mamba_d_ssm", "mamba_d_head", "mamba_d_state", "mamba_n_groups", "mamba_chunk_size"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"CogFMConfig.{field} must be a positive integer, got {value!r}.")
+        if self.mamba_d_ssm % self.mamba_d_head:
+            raise ValueError(
+                f"CogFMConfig.mamba_d_head ({self.mamba_d_head}) must divide mamba_d_ssm ({self.mamba_d_ssm}); "
+                "the SSM width is split into heads of that width."
+            )
+        if (self.mamba_d_ssm // self.mamba_d_head) % self.mamba_n_groups:
+            raise ValueError(
+                f"CogFMConfig.mamba_n_groups ({self.mamba_n_groups}) must divide the SSM heads "
+                f"(mamba_d_ssm / mamba_d_head = {self.mamba_d_ssm // self.mamba_d_head})."
+            )
+
+    @property
+    def number_of_conv_states(self) -> int:
+        """Convolution states each state-keeping cache layer holds (transformers' `DynamicCache` reads this): the
+        mixer's own at index 0, then one per Canon point, at 1 + its index in "ABCD"."""
+        return 1 + len(CANON_POINTS) if self.canon_set else 1
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "CogFMConfig":
@@ -219,4 +361,4 @@ class CogFMConfig(PreTrainedConfig):
 # so the checkpoint loads with trust_remote_code=True where this package is not installed.
 CogFMConfig.register_for_auto_class()
 
-__all__ = ["CogFMConfig", "PRESETS", "SUPPORTED_LAYER_TYPES"]
+__all__ = ["CogFMConfig", "PRESETS", "SUPPORTED_LAYER_TYPES", "CANON_POINTS"]

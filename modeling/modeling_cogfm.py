@@ -15,7 +15,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
 from transformers.modeling_layers import (
     GenericForSequenceClassification,
     GenericForTokenClassification,
@@ -29,7 +29,15 @@ from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_cogfm import CogFMConfig
+from .configuration_cogfm import SSM_LAYER_TYPES, CogFMConfig
+from .mixers_cogfm import (
+    CogFMCausalConv,
+    CogFMMamba2,
+    CogFMShortConv,
+    SequenceContext,
+    canon,
+    prepare_cache_layers,
+)
 
 
 class CogFMRMSNorm(nn.Module):
@@ -145,6 +153,8 @@ class CogFMAttention(nn.Module):
         # QK-norm (OLMo 2, Qwen 3): bounds attention logits, which keeps large models from diverging.
         self.q_norm = CogFMRMSNorm(self.head_dim, eps=config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = CogFMRMSNorm(self.head_dim, eps=config.rms_norm_eps) if config.qk_norm else None
+        self.qkv_sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]
+        self.canon_b = canon(config, "B", sum(self.qkv_sizes), layer_idx)
 
     def forward(
         self,
@@ -152,6 +162,7 @@ class CogFMAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
+        sequence_context: SequenceContext | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
@@ -159,11 +170,17 @@ class CogFMAttention(nn.Module):
 
         query_states = self.q_proj(hidden_states).view(hidden_shape)
         key_states = self.k_proj(hidden_states).view(hidden_shape)
+        value_states = self.v_proj(hidden_states)
         if self.q_norm is not None:
             query_states, key_states = self.q_norm(query_states), self.k_norm(key_states)
+        if self.canon_b is not None:  # Canon B mixes each query, key and value with its predecessors' (before RoPE)
+            qkv = torch.cat([query_states.flatten(-2), key_states.flatten(-2), value_states], dim=-1)
+            qkv = self.canon_b(qkv, sequence_context, past_key_values)
+            query_states, key_states, value_states = qkv.split(self.qkv_sizes, dim=-1)
+            query_states, key_states = query_states.view(hidden_shape), key_states.view(hidden_shape)
         query_states = query_states.transpose(1, 2)
         key_states = key_states.transpose(1, 2)
-        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = value_states.view(hidden_shape).transpose(1, 2)
 
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
@@ -191,26 +208,39 @@ class CogFMAttention(nn.Module):
 class CogFMMLP(nn.Module):
     """SwiGLU feed-forward (Shazeer 2020): down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, config: CogFMConfig):
+    def __init__(self, config: CogFMConfig, layer_idx: int):
         super().__init__()
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.down_proj.is_residual_projection = True  # depth-scaled init, see CogFMPreTrainedModel._init_weights
+        self.canon_d = canon(config, "D", 2 * config.intermediate_size, layer_idx)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(
+        self, x: torch.Tensor, sequence_context: SequenceContext, past_key_values: Cache | None
+    ) -> torch.Tensor:
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        if self.canon_d is not None:
+            gate, up = self.canon_d(torch.cat([gate, up], dim=-1), sequence_context, past_key_values).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class CogFMDecoderLayer(GradientCheckpointingLayer):
-    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm block: x + mixer(norm(x)), then x + mlp(norm(x)). The mixer is `config.layer_types[layer_idx]`:
+    attention, a gated short convolution, Mamba-2, or attention and Mamba-2 side by side (outputs summed), with
+    Canon layers where `config.canon_set` puts them."""
 
     def __init__(self, config: CogFMConfig, layer_idx: int):
         super().__init__()
-        self.self_attn = CogFMAttention(config, layer_idx)
-        self.mlp = CogFMMLP(config)
+        layer_type = config.layer_types[layer_idx]
+        self.self_attn = CogFMAttention(config, layer_idx) if layer_type in ("full_attention", "hybrid") else None
+        self.conv = CogFMShortConv(config, layer_idx) if layer_type == "conv" else None
+        self.mamba = CogFMMamba2(config, layer_idx) if layer_type in SSM_LAYER_TYPES else None
+        self.mlp = CogFMMLP(config, layer_idx)
         self.input_layernorm = CogFMRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = CogFMRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.canon_a = canon(config, "A", config.hidden_size, layer_idx)
+        self.canon_c = canon(config, "C", config.hidden_size, layer_idx)
 
     def forward(
         self,
@@ -218,17 +248,31 @@ class CogFMDecoderLayer(GradientCheckpointingLayer):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
+        sequence_context: SequenceContext | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
-        attn_output, _ = self.self_attn(
-            self.input_layernorm(hidden_states),
-            position_embeddings=position_embeddings,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            **kwargs,
-        )
-        hidden_states = hidden_states + attn_output
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        context = sequence_context if sequence_context is not None else SequenceContext()
+        mixer_input = self.input_layernorm(hidden_states)
+        if self.canon_a is not None:
+            mixer_input = self.canon_a(mixer_input, context, past_key_values)
+        if self.self_attn is not None:
+            attn_output, _ = self.self_attn(
+                mixer_input,
+                position_embeddings=position_embeddings,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values,
+                sequence_context=context,
+                **kwargs,
+            )
+            hidden_states = hidden_states + attn_output
+        if self.conv is not None:
+            hidden_states = hidden_states + self.conv(mixer_input, context, past_key_values)
+        if self.mamba is not None:
+            hidden_states = hidden_states + self.mamba(mixer_input, context, past_key_values)
+        mlp_input = self.post_attention_layernorm(hidden_states)
+        if self.canon_c is not None:
+            mlp_input = self.canon_c(mlp_input, context, past_key_values)
+        return hidden_states + self.mlp(mlp_input, context, past_key_values)
 
 
 class CogFMPreTrainedModel(PreTrainedModel):
@@ -254,6 +298,17 @@ class CogFMPreTrainedModel(PreTrainedModel):
             # transformers skips parameter-less container modules when initialising remote-code models.
             std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
             init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, CogFMCausalConv):
+            # nn.Conv1d's own init, uniform(+-1/sqrt(kernel)) for a depthwise kernel: Part 4.1 finds Canon layers need
+            # it (weights of std ~0.29 at kernel 4); transformers' default would shrink them to initializer_range.
+            bound = 1 / math.sqrt(module.kernel_size)
+            init.uniform_(module.weight, -bound, bound)
+        if isinstance(module, CogFMMamba2):
+            # Mamba-2's init: decay rates A = 1..heads, D = 1, and dt = softplus(dt_bias) log-uniform in [1e-3, 1e-1].
+            init.copy_(module.A_log, torch.log(torch.arange(1, module.num_heads + 1, dtype=torch.float32)))
+            init.ones_(module.D)
+            dt = torch.exp(torch.rand(module.num_heads) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
+            init.copy_(module.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # the inverse of softplus
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # `register_for_auto_class` (bottom of this file) writes auto_map only for the saved class; a checkpoint
@@ -303,6 +358,9 @@ class CogFMModel(CogFMPreTrainedModel):
             position_ids = position_ids.unsqueeze(0)
 
         # generate() may have built the masks already, one per layer type (static cache, compiled decoding).
+        padding_mask = (
+            attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 else None
+        )
         if not isinstance(mask_by_layer_type := attention_mask, dict):
             mask_by_layer_type = {
                 "full_attention": create_causal_mask(
@@ -313,23 +371,35 @@ class CogFMModel(CogFMPreTrainedModel):
                     position_ids=given_position_ids,
                 )
             }
+        else:  # the recurrent layers' 2D padding mask, under transformers' name for it
+            padding_mask = mask_by_layer_type.get("linear_attention", mask_by_layer_type.get("conv"))
+        if padding_mask is not None:
+            padding_mask = create_recurrent_attention_mask(self.config, inputs_embeds, padding_mask)
         # The cache is created after the mask: transformers reads packed documents from restarting position_ids
         # only when there is no cache, and a cache made here holds no earlier tokens. So a packed row is masked
         # per document with use_cache on too (Llama creates the cache first, and lets such documents mix).
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
+        if past_key_values is not None:
+            prepare_cache_layers(past_key_values, self.config)
+        # Convolutions and scans find document boundaries and padding here, once for every layer (attention-only
+        # models skip it: their masks say all of that, and it would cost a host sync per forward pass).
+        sequence_context = SequenceContext()
+        if self.config.canon_set or set(self.config.layer_types) != {"full_attention"}:
+            sequence_context = SequenceContext.build(given_position_ids, padding_mask, inputs_embeds.shape[1])
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
-        for decoder_layer, layer_type in zip(self.layers, self.config.layer_types):
+        for decoder_layer in self.layers:
             # position_ids travel to the attention function: varlen kernels (flash-attention) find the document
             # boundaries of packed rows, which carry no attention mask, in them.
             hidden_states = decoder_layer(
                 hidden_states,
                 position_embeddings=position_embeddings,
-                attention_mask=mask_by_layer_type[layer_type],
+                attention_mask=mask_by_layer_type["full_attention"],
                 position_ids=position_ids,
                 past_key_values=past_key_values,
+                sequence_context=sequence_context,
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)

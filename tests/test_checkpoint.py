@@ -36,6 +36,7 @@ def test_save_pretrained_writes_a_self_contained_directory(tmp_path):
         "generation_config.json",
         "configuration_cogfm.py",
         "modeling_cogfm.py",
+        "mixers_cogfm.py",
     } <= names
     assert "__init__.py" not in names
     config = json.loads((tmp_path / "config.json").read_text())
@@ -55,13 +56,13 @@ def test_save_pretrained_writes_a_self_contained_directory(tmp_path):
 
 def test_copied_modeling_files_import_only_torch_transformers_and_each_other(tmp_path):
     CogFMForCausalLM(small_config()).save_pretrained(tmp_path)
-    for name in ("configuration_cogfm.py", "modeling_cogfm.py"):
+    for name in ("configuration_cogfm.py", "modeling_cogfm.py", "mixers_cogfm.py"):
         for line in (tmp_path / name).read_text().splitlines():
             if line.startswith(("import ", "from ")):
                 module = line.split()[1]
-                assert module.split(".")[0] in {"torch", "transformers", "math", "collections"} or module in {
-                    ".configuration_cogfm"
-                }, f"{name}: {line}"
+                assert module.split(".")[0] in {"torch", "transformers", "math", "collections", "dataclasses"} or (
+                    module in {".configuration_cogfm", ".mixers_cogfm"}
+                ), f"{name}: {line}"
 
 
 def test_package_less_load_gives_identical_logits(tmp_path):

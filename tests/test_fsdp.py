@@ -4,6 +4,7 @@ import copy
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -16,6 +17,19 @@ from cogfm_hf.training.fsdp import SHARDED_MODEL_DIR, export_consolidated, save_
 from .conftest import run_isolated_python, small_config
 
 WORLD = 2
+# Attention only, and every other mixer with Canon layers (small SSM shapes).
+CONFIGS = {
+    "attention": dict(qk_norm=True),
+    "mixers": dict(
+        qk_norm=True,
+        layer_types=["hybrid", "conv"],
+        canon_set="ABCD",
+        mamba_d_ssm=64,
+        mamba_d_head=16,
+        mamba_d_state=8,
+        mamba_chunk_size=4,
+    ),
+}
 
 
 def _free_port() -> int:
@@ -24,12 +38,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, port: int, directory: str):
+def _worker(rank: int, port: int, directory: str, config_name: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         torch.manual_seed(0)
-        full = CogFMForCausalLM(small_config(qk_norm=True))
+        full = CogFMForCausalLM(small_config(**CONFIGS[config_name]))
         sharded = shard_cogfm(copy.deepcopy(full), mesh=init_device_mesh("cpu", (WORLD,)))
         assert sum(1 for m in sharded.modules() if type(m).__name__.startswith("FSDP")) == 3  # 2 layers + root
         ids = torch.randint(3, 97, (2, 16), generator=torch.Generator().manual_seed(1))  # same batch on both ranks
@@ -51,11 +65,13 @@ def _worker(rank: int, port: int, directory: str):
         dist.destroy_process_group()
 
 
-def test_fsdp2_sharding_matches_unsharded_and_consolidates(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+@pytest.mark.parametrize("config_name", CONFIGS)
+def test_fsdp2_sharding_matches_unsharded_and_consolidates(tmp_path, config_name):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path), config_name), nprocs=WORLD, join=True)
     assert len(list((tmp_path / SHARDED_MODEL_DIR).glob("*.distcp"))) == WORLD  # one shard file per rank
 
-    export = export_consolidated(tmp_path / SHARDED_MODEL_DIR, tmp_path / "export", small_config(qk_norm=True))
+    config = small_config(**CONFIGS[config_name])
+    export = export_consolidated(tmp_path / SHARDED_MODEL_DIR, tmp_path / "export", config)
     reference = torch.load(tmp_path / "reference.pt")
     consolidated = load_file(export / "model.safetensors")
     for name, value in reference.items():

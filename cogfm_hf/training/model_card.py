@@ -108,6 +108,9 @@ def write_model_card(
 ) -> Path:
     params = sum(p.numel() for p in model.parameters())
     config = model.config
+    # The defaults this model has modules for (in_proj only where a conv or Mamba-2 layer holds one).
+    module_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    lora_targets = [name for name in LORA_DEFAULTS if name in module_names]
     name = Path(recipe["training"]["output_dir"]).name
     rows = result_rows(results) if results else []
     eval_results = [
@@ -173,14 +176,15 @@ print(tokenizer.decode(output[0], skip_special_tokens=True))
 ```
 
 Fine-tuning with peft: where `cogfm_hf` is not installed, peft has no default target modules for the model type
-`cogfm`, so name them. CogFM's modules carry Llama's names and Llama's defaults fit: LoRA and its relatives (DoRA,
-LoHa, LoKr, AdaLoRA) adapt {_modules(LORA_DEFAULTS)}; IA3 {_modules(IA3_DEFAULTS)} (feed-forward:
+`cogfm`, so name them. CogFM's modules carry Llama's names and Llama's defaults fit (LoRA adds the `in_proj` of
+convolution and Mamba-2 layers where a model has them): LoRA and its relatives (DoRA,
+LoHa, LoKr, AdaLoRA) adapt {_modules(lora_targets)}; IA3 {_modules(IA3_DEFAULTS)} (feed-forward:
 {_modules(IA3_FEEDFORWARD_DEFAULTS)}); prompt, prefix and p-tuning need none. `target_modules="all-linear"` adapts
 every linear layer but the output head.
 
 ```python
 from peft import IA3Config, LoraConfig, get_peft_model
-lora = LoraConfig(task_type="CAUSAL_LM", target_modules={LORA_DEFAULTS!r})
+lora = LoraConfig(task_type="CAUSAL_LM", target_modules={lora_targets!r})
 ia3 = IA3Config(
     task_type="CAUSAL_LM", target_modules={IA3_DEFAULTS!r}, feedforward_modules={IA3_FEEDFORWARD_DEFAULTS!r}
 )
