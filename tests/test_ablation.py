@@ -44,6 +44,7 @@ def expected_fields(changes: dict) -> set[str]:
         fields.add("data.sources.0.mixture.0.retry_variant")
     fields |= {f"loss.{k}" for k in changes.get("loss", {})}
     fields |= {f"curriculum.{k}" for k in changes.get("curriculum", {})}
+    fields |= {f"model.overrides.{k}" for k in flatten(changes.get("model", {}))}
     return fields
 
 
@@ -86,6 +87,35 @@ def test_every_arm_of_the_recipe_differs_from_the_baseline_only_where_it_says(tm
         merged_changes(config, "combined", {})
 
 
+@pytest.mark.parametrize("name", ["mixers-chains.yaml", "mixers-addition.yaml"])
+def test_architecture_arms_change_only_the_model_and_keep_parameters_within_3_percent(tmp_path, name):
+    from cogfm_hf import CogFMConfig
+    from cogfm_hf.presets import count_parameters
+
+    config, base = load_ablation(ABLATION_RECIPE.parent / name)
+    recipes = {
+        arm: arm_recipe(
+            base,
+            merged_changes(config, arm, {}),
+            seed=0,
+            learning_rate=base["training"]["learning_rate"],
+            run_dir=tmp_path / arm,
+            data_root=tmp_path / "data",
+            tokenizer_dir=tmp_path / "tok",
+        )
+        for arm in config.arms
+    }
+    counts = {}
+    for arm, recipe in recipes.items():
+        changes = merged_changes(config, arm, {})
+        assert differing(recipe, recipes["baseline"]) - ALWAYS == expected_fields(changes), arm
+        assert recipe["data"] == recipes["baseline"]["data"]  # the same data, so the same tokens
+        model = recipe["model"]
+        counts[arm] = count_parameters(CogFMConfig.from_preset(model["preset"], **model["overrides"]))
+    assert set(counts) == {"baseline", "canon", "hybrid"}
+    assert all(abs(count / counts["baseline"] - 1) < 0.03 for count in counts.values()), counts
+
+
 def test_bad_ablation_recipes_name_the_field(tmp_path):
     text = ABLATION_RECIPE.read_text()
 
@@ -107,6 +137,8 @@ def test_bad_ablation_recipes_name_the_field(tmp_path):
         load(text.replace("curriculum_sqrt: random_order", "random_order: random_order"))
     with pytest.raises(RecipeError, match="base: .*nowhere.yaml does not exist"):
         load(text.replace("base: ablation-base.yaml", "base: nowhere.yaml"))
+    with pytest.raises(RecipeError, match=r"arms.retry_p0.1.model: .*canon_set"):
+        load(text.replace("retry_p0.1: {retry_p: 0.1}", "retry_p0.1: {model: {canon_set: ABX}}"))
 
 
 def _record(seed, correct, curve=()):

@@ -2,7 +2,9 @@
 
 An ablation recipe (training/recipes/ablation.yaml) names a base training recipe — the baseline — and
 arms that change only what they study: retry data (`retry_p`, `retry_variant`, applied to every task in
-the data mixture), the loss on mistakes (`loss`), and the data order (`curriculum`). An arm may start
+the data mixture), the loss on mistakes (`loss`), the data order (`curriculum`), and the architecture
+(`model`: CogFMConfig fields over the base's model overrides, e.g. `layer_types` or `canon_set`;
+training/recipes/mixers-*.yaml). An arm may start
 from another arm or from a selection (`like: [best_retry]`), the best of a set of arms on the dev sets.
 
 The run, in order; every step is skipped when its output exists, so the runner resumes after a crash and
@@ -59,6 +61,7 @@ class Arm(Config):
     retry_variant: str | None = None
     loss: dict[str, Any] = field(default_factory=dict)  # LossConfig fields
     curriculum: dict[str, Any] = field(default_factory=dict)  # CurriculumConfig fields
+    model: dict[str, Any] = field(default_factory=dict)  # CogFMConfig fields over the base's model overrides
 
     def validate(self) -> None:
         LossConfig.from_dict(self.loss, "loss")
@@ -141,19 +144,27 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, dict]:
         TrainRecipe.from_dict(base)  # fails early on a bad base recipe
     except RecipeError as error:
         raise error.in_file(base_path) from None
+    for name, arm in config.arms.items():  # and on an architecture the model config refuses
+        if arm.model:
+            model = base.get("model") or {}
+            changed = {**base, "model": {**model, "overrides": {**(model.get("overrides") or {}), **arm.model}}}
+            try:
+                TrainRecipe.from_dict(changed)
+            except (RecipeError, ValueError) as error:
+                raise RecipeError(f"{error}", f"arms.{name}.model").in_file(path) from None
     return config, base
 
 
 # -- resolving arms into training recipes -----------------------------------------------------------
 def merged_changes(config: AblationConfig, name: str, choices: dict[str, str], seen=()) -> dict:
-    """An arm's changes as {"retry_p", "retry_variant", "loss", "curriculum"}, after its `like` chain.
+    """An arm's changes as {"retry_p", "retry_variant", "loss", "curriculum", "model"}, after its `like` chain.
     `choices` maps each selection to its chosen arm; a missing choice raises KeyError (not decided yet)."""
     if name in seen:
         raise RecipeError(f"arms: `like` cycle through {name!r}")
     if name in config.select:
         return merged_changes(config, choices[name], choices, (*seen, name))
     arm = config.arms[name]
-    changes: dict = {"loss": {}, "curriculum": {}}
+    changes: dict = {"loss": {}, "curriculum": {}, "model": {}}
     for ref in arm.like:
         inherited = merged_changes(config, ref, choices, (*seen, name))
         for key, value in inherited.items():
@@ -163,6 +174,9 @@ def merged_changes(config: AblationConfig, name: str, choices: dict[str, str], s
             changes[key] = getattr(arm, key)
     changes["loss"] = {**changes["loss"], **arm.loss}
     changes["curriculum"] = {**changes["curriculum"], **arm.curriculum}
+    changes["model"] = {**changes["model"], **arm.model}
+    if not changes["model"]:
+        del changes["model"]  # so the records of arms that keep the model read as before
     return changes
 
 
@@ -187,6 +201,9 @@ def arm_recipe(
                         component[key] = changes[key]
     recipe["loss"] = {**(recipe.get("loss") or {}), **changes.get("loss", {})}
     recipe["curriculum"] = {**(recipe.get("curriculum") or {}), **changes.get("curriculum", {})}
+    if changes.get("model"):
+        model = recipe.setdefault("model", {})
+        model["overrides"] = {**(model.get("overrides") or {}), **changes["model"]}
     recipe["training"] = {
         **recipe["training"],
         "seed": seed,

@@ -128,6 +128,12 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
         row["curve"] = [r["curve"] for r in runs]
         arms[arm] = row
     gate = learnability_gate(config, by_arm.get("baseline", []), kinds)
+    # Arms that change the architecture face the gate too: whether a model learns the task at all is their question.
+    architecture_gates = {
+        arm: learnability_gate(config, runs, kinds)
+        for arm, runs in by_arm.items()
+        if arm != "baseline" and runs and runs[0]["changes"].get("model")
+    }
     return {
         "learning_rate": learning_rate,
         "sweep_choice": sweep_choice,
@@ -137,6 +143,7 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
         "training_tops": tops,
         "arms": arms,
         "gate": gate,
+        "architecture_gates": architecture_gates,
         "target": config.target,
         "difficulty": {t: r["test"][t]["difficulty"] for r in records for t in r["test"]},
         "total_seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in covered), 1),
@@ -166,8 +173,20 @@ def _tokens(reached: list) -> str:
 
 def _changes(changes: dict) -> str:
     parts = [f"{k}={v}" for k, v in changes.items() if not isinstance(v, dict)]
-    parts += [f"{section}.{k}={v}" for section in ("loss", "curriculum") for k, v in changes.get(section, {}).items()]
+    sections = ("loss", "curriculum", "model")
+    parts += [f"{section}.{k}={v}" for section in sections for k, v in changes.get(section, {}).items()]
     return ", ".join(parts) or "(none)"
+
+
+def _gate_text(gate: dict | None, arm: str) -> str:
+    if gate is None:
+        return f"not measured (no {arm} run)"
+    return (
+        f"{'passed' if gate['passed'] else 'NOT passed'}: {arm} dev exact match "
+        f"{100 * gate['easiest']['dev']:.1f}% on `{gate['easiest']['task']}` (needed "
+        f"{100 * gate['easiest']['needed']:.0f}%) and {100 * gate['top']['dev']:.1f}% on "
+        f"`{gate['top']['task']}` (needed {100 * gate['top']['needed']:.0f}%), mean over seeds."
+    )
 
 
 def markdown(summary: dict, command: str) -> str:
@@ -245,16 +264,9 @@ def markdown(summary: dict, command: str) -> str:
         if summary["learning_rate"] == summary["sweep_choice"]
         else f" (given with --learning_rate; the sweep chooses {summary['sweep_choice']:g})"
     )
-    gate = summary["gate"]
-    gate_text = (
-        "not measured (no baseline run)"
-        if gate is None
-        else (
-            f"{'passed' if gate['passed'] else 'NOT passed'}: baseline dev exact match "
-            f"{100 * gate['easiest']['dev']:.1f}% on `{gate['easiest']['task']}` (needed "
-            f"{100 * gate['easiest']['needed']:.0f}%) and {100 * gate['top']['dev']:.1f}% on "
-            f"`{gate['top']['task']}` (needed {100 * gate['top']['needed']:.0f}%), mean over seeds."
-        )
+    gate_text = _gate_text(summary["gate"], "baseline")
+    gate_text += "".join(
+        f"\n- {arm}: {_gate_text(gate, arm)}" for arm, gate in summary.get("architecture_gates", {}).items()
     )
     return "\n".join(
         [
