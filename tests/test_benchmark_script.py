@@ -33,6 +33,21 @@ def test_benchmark_script_reports_every_arm_against_the_baseline(tmp_path, capsy
     assert "| cpu | fp32 | cogfm |" in capsys.readouterr().out
 
 
+def test_mixer_benchmark_compares_other_mixers_with_attention_only(tmp_path, capsys):
+    out = tmp_path / "mixers.json"
+    model_speed.main(
+        ["--mixers", "cogfm-tiny-canon", "cogfm-tiny-hybrid", "--precisions", "fp32", "--batch-size", "2"]
+        + ["--seq-len", "16", "--new-tokens", "2", "--decode-contexts", "8", "--warmup", "0", "--repeats", "2"]
+        + ["--json", str(out)]
+    )
+    result = json.loads(out.read_text())
+    names = {"cogfm-tiny", "cogfm-tiny-canon", "cogfm-tiny-hybrid"}
+    assert set(result["train"]) == names and set(result["decode"]["8+2"]) == names
+    assert result["train"]["cogfm-tiny"]["ratio_median"] == 1.0  # the baseline against itself
+    assert result["parameters"]["cogfm-tiny-canon"] > result["parameters"]["cogfm-tiny"]
+    assert "| cogfm-tiny-hybrid |" in capsys.readouterr().out
+
+
 def test_gpu_check_plans_within_the_carry_limit_and_carries_our_versions(capsys):
     """The GPU check itself needs a lent GPU; what a CPU can check: its plan, its carry, its wheel versions."""
     from importlib.metadata import version

@@ -4,6 +4,7 @@
     python -m cogfm_hf.benchmarks.model_speed --overrides hidden_size=512 intermediate_size=1280 \
         num_hidden_layers=8 num_attention_heads=8 num_key_value_heads=4                 # ~24 M parameters
     python -m cogfm_hf.benchmarks.model_speed --preset cogfm-125m --batch-size 8 --seq-len 512
+    python -m cogfm_hf.benchmarks.model_speed --mixers cogfm-tiny-canon cogfm-tiny-hybrid   # other mixers
 
 Training-step arms (one optimizer step on one batch: forward, loss, backward, fused AdamW as the Trainer's default):
   llama           eager LlamaForCausalLM, SDPA attention, its own loss: what a user gets (the baseline)
@@ -22,6 +23,11 @@ the first call minus a steady step; inductor's cache, under TORCHINDUCTOR_CACHE_
 pay less). `--memory` adds each arm's peak memory: on CUDA the peak allocation of its step above what all arms hold
 resident (their weights and optimizer states), on a CPU the peak resident set of a fresh process that runs only
 that arm.
+
+`--mixers PRESET...` compares CogFM of other mixers (Canon layers, the hybrid) with the attention-only `--preset`
+instead of Llama: the same training step (eager, or compiled with `--compiled`) on the same packed rows, and cached
+greedy decoding of `--new-tokens` (default 32) after prompts of each `--decode-contexts` length (a long prompt is
+where an SSM's constant-size state should pay), each ratio against the attention-only model.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..hardware import describe_cpu, resolve_bf16
-from ..modeling.configuration_cogfm import CogFMConfig
+from ..modeling.configuration_cogfm import PRESETS, CogFMConfig
 from ..modeling.modeling_cogfm import CogFMForCausalLM
 from ..training.loss import LossConfig, token_weights
 from ..training.trainer import forward_and_loss
@@ -231,6 +237,58 @@ def benchmark(config: CogFMConfig, device: torch.device, bf16: bool, args, argv:
     return result
 
 
+def benchmark_mixers(config: CogFMConfig, device: torch.device, bf16: bool, args) -> dict:
+    """The attention-only `config` (the baseline) against each of `args.mixers`, interleaved in one process."""
+    overrides = parse_overrides(args.overrides)
+    configs = {args.preset: config, **{name: CogFMConfig.from_preset(name, **overrides) for name in args.mixers}}
+    batch = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len)).to(device)
+    arm = "cogfm_compiled" if args.compiled else "cogfm"
+    models, steps = {}, {}
+    for name, arm_config in configs.items():
+        models[name], steps[name] = make_train_step(arm, arm_config, batch, device, bf16)
+    train, first = interleaved_times(steps, args.warmup, args.repeats, device)
+    result = {
+        "device": str(device),
+        "precision": "bf16-autocast" if bf16 else "fp32",
+        "step": arm,
+        "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()},
+        "batch": f"{args.batch_size}x{args.seq_len}",
+        "repeats": args.repeats,
+        "train": summarise(train, args.batch_size * args.seq_len, baseline=args.preset),
+        "compile_seconds": {
+            name: max(0.0, first[name] - statistics.median(train[name])) for name in configs if args.compiled
+        },
+        "decode": {},
+    }
+    new_tokens = args.new_tokens or 32
+    for model in models.values():
+        model.eval().generation_config.pad_token_id = 0
+    for context in args.decode_contexts:
+        prompt = torch.randint(3, config.vocab_size, (1, context)).to(device)
+        decoders = {name: make_decode(model, prompt, new_tokens, device, bf16) for name, model in models.items()}
+        decode, _ = interleaved_times(decoders, 1, args.repeats, device)
+        result["decode"][f"{context}+{new_tokens}"] = summarise(decode, new_tokens, baseline=args.preset)
+    return result
+
+
+def format_mixer_rows(result: dict) -> str:
+    header = ["mixers (preset)", "parameters", "what", "tok/s", "ratio to attention-only (min-max)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    timings = [(f"train step ({result['step']}, {result['batch']})", result["train"])]
+    timings += [(f"cached decode, prompt {shape.replace('+', ' + ')} new", d) for shape, d in result["decode"].items()]
+    for what, summary in timings:
+        for name, s in summary.items():
+            cells = [
+                name,
+                f"{result['parameters'][name] / 1e6:.2f} M",
+                what,
+                f"{s['tokens_per_s']:,.0f}",
+                f"{s['ratio_median']:.2f} ({s['ratio_min']:.2f}-{s['ratio_max']:.2f})",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_rows(results: list[dict]) -> str:
     header = ["device", "precision", "arm", "train tok/s", "ratio to llama (min-max)", "compile s", "peak MiB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -287,6 +345,9 @@ def main(argv=None):
         help="auto (default): bf16 autocast where the hardware does bf16 natively, else fp32",
     )
     parser.add_argument("--memory", action="store_true", help="also measure each arm's peak memory")
+    parser.add_argument("--mixers", nargs="*", default=[], help="presets compared with the attention-only --preset")
+    parser.add_argument("--compiled", action="store_true", help="--mixers: compile each training step")
+    parser.add_argument("--decode-contexts", nargs="*", type=int, default=[32, 1024], help="--mixers: prompts")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--only-memory-of", help=argparse.SUPPRESS)  # the child process of --memory on a CPU
     args = parser.parse_args(argv)
@@ -301,6 +362,22 @@ def main(argv=None):
         for _ in range(3):
             step()
         print(peak_resident_mib())
+        return
+    if args.mixers:
+        bad = [name for name in args.mixers if name not in PRESETS]
+        if bad:
+            parser.error(f"--mixers: unknown preset(s) {bad}; choose from {sorted(PRESETS)}")
+        device = torch.device(devices[0])
+        bf16 = resolve_bf16("auto" if args.precisions[-1] == "auto" else args.precisions[-1] == "bf16")
+        result = benchmark_mixers(config, device, bf16, args)
+        print(json.dumps(result), flush=True)
+        print(
+            f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads, {result['precision']}; medians of "
+            f"{args.repeats} interleaved rounds\nCPU: {describe_cpu()}\n"
+        )
+        print(format_mixer_rows(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
         return
     results = []
     for device in map(torch.device, devices):
