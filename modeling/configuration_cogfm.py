@@ -344,6 +344,11 @@ class CogFMConfig(PreTrainedConfig):
             )
 
     @property
+    def keeps_convolution_state(self) -> bool:
+        """Whether some layer convolves over the sequence (Canon layers, `conv`, Mamba-2), and so keeps a state."""
+        return bool(self.canon_set) or set(self.layer_types) != {"full_attention"}
+
+    @property
     def number_of_conv_states(self) -> int:
         """Convolution states each state-keeping cache layer holds (transformers' `DynamicCache` reads this): the
         mixer's own at index 0, then one per Canon point, at 1 + its index in "ABCD"."""

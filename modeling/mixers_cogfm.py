@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import (
     Cache,
+    DynamicCache,
     DynamicLayer,
     LinearAttentionAndFullAttentionLayer,
     LinearAttentionAndStaticFullAttentionLayer,
@@ -45,11 +46,13 @@ class SequenceContext:
 
     @classmethod
     def build(
-        cls, position_ids: torch.Tensor | None, padding_mask: torch.Tensor | None, seq_len: int
+        cls, position_ids: torch.Tensor | None, padding_mask: torch.Tensor | None, shape: torch.Size
     ) -> "SequenceContext":
+        """For inputs of `shape` ([batch, seq, ...]); `position_ids` may have one row for the whole batch."""
         segment_ids = None
+        batch, seq_len = shape[:2]
         if position_ids is not None and seq_len > 1:
-            position_ids = position_ids[:, -seq_len:]
+            position_ids = position_ids[:, -seq_len:].expand(batch, -1)
             starts = position_ids[:, 1:] != position_ids[:, :-1] + 1
             if padding_mask is not None:  # the first token after left padding continues nothing
                 starts &= padding_mask[:, 1:].bool() & padding_mask[:, :-1].bool()
@@ -293,24 +296,33 @@ class CogFMMamba2(nn.Module):
 
 
 def prepare_cache_layers(past_key_values: Cache, config: CogFMConfig) -> None:
-    """Gives every attention layer that has Canon layers a convolution state. transformers lays out the cache from
-    `layer_types` alone, so a `full_attention` layer gets a key/value layer without one; before its first update
-    it is replaced by transformers' attention-plus-state layer of the same kind (dynamic or static)."""
-    if not config.canon_set:
-        return
+    """Makes every layer's cache able to hold what the layer keeps. transformers lays a cache out from `layer_types`
+    alone: a `full_attention` layer with Canon layers gets a key/value layer without convolution state, and a cache
+    made without a config (`DynamicCache()`) grows key/value layers only. Before its first update, such a layer is
+    replaced by transformers' own layer of the kind it needs (dynamic or static)."""
+    if not past_key_values.layers and past_key_values.layer_class_to_replicate is DynamicLayer:
+        past_key_values.layers = DynamicCache(config=config).layers
+        past_key_values.layer_class_to_replicate = None
     for layer_idx, layer_type in enumerate(config.layer_types):
-        layer = past_key_values.layers[layer_idx] if layer_idx < len(past_key_values.layers) else None
-        if layer_type not in ATTENTION_LAYER_TYPES or isinstance(layer, LinearAttentionCacheLayerMixin):
+        layer = past_key_values.layers[layer_idx]
+        if layer_type == "full_attention" and not config.canon_set:
+            continue  # keys and values only
+        if (
+            isinstance(layer, LinearAttentionCacheLayerMixin)
+            and layer.number_of_states >= config.number_of_conv_states
+        ):
             continue
-        if type(layer) is DynamicLayer and not layer.is_initialized:
+        if isinstance(layer, LinearAttentionCacheLayerMixin) and not any(layer.has_previous_state.values()):
+            past_key_values.layers[layer_idx] = type(layer)(number_of_states=config.number_of_conv_states)
+        elif type(layer) is DynamicLayer and not layer.is_initialized and layer_type in ATTENTION_LAYER_TYPES:
             past_key_values.layers[layer_idx] = LinearAttentionAndFullAttentionLayer(config.number_of_conv_states)
-        elif type(layer) is StaticLayer and layer.get_seq_length() == 0:
+        elif type(layer) is StaticLayer and layer.get_seq_length() == 0 and layer_type in ATTENTION_LAYER_TYPES:
             past_key_values.layers[layer_idx] = LinearAttentionAndStaticFullAttentionLayer(
                 layer.max_cache_len, config.number_of_conv_states
             )
         else:
             raise ValueError(
-                f"Layer {layer_idx} of this CogFM model has Canon layers (canon_set={config.canon_set!r}), whose "
-                f"state its cache layer ({type(layer).__name__}) cannot hold; pass an empty DynamicCache or "
-                "StaticCache built from the model's config, or none."
+                f"Layer {layer_idx} of this CogFM model ({layer_type!r}, canon_set={config.canon_set!r}) keeps "
+                f"convolution state that its cache layer ({type(layer).__name__}) cannot hold; pass an empty "
+                "DynamicCache or StaticCache, or none."
             )

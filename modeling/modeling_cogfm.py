@@ -380,13 +380,15 @@ class CogFMModel(CogFMPreTrainedModel):
         # per document with use_cache on too (Llama creates the cache first, and lets such documents mix).
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
-        if past_key_values is not None:
+        if past_key_values is not None and (
+            self.config.canon_set or set(self.config.layer_types) != {"full_attention"}
+        ):
             prepare_cache_layers(past_key_values, self.config)
         # Convolutions and scans find document boundaries and padding here, once for every layer (attention-only
         # models skip it: their masks say all of that, and it would cost a host sync per forward pass).
         sequence_context = SequenceContext()
-        if self.config.canon_set or set(self.config.layer_types) != {"full_attention"}:
-            sequence_context = SequenceContext.build(given_position_ids, padding_mask, inputs_embeds.shape[1])
+        if self.config.keeps_convolution_state:
+            sequence_context = SequenceContext.build(given_position_ids, padding_mask, inputs_embeds.shape)
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)

@@ -75,6 +75,16 @@ def test_a_packed_row_gives_each_document_its_logits_alone(name):
     assert (unmarked[:, 11:17] - alone[1]).abs().max() > 1e-3
 
 
+def test_packed_rows_of_a_batch_may_share_one_row_of_position_ids():
+    model = model_for("all_with_canon")
+    rows = torch.cat([torch.cat(documents(5, 7, seed=seed), 1) for seed in (1, 2)])
+    position_ids = torch.cat([torch.arange(5), torch.arange(7)])[None]
+    with torch.no_grad():
+        shared = model(rows, position_ids=position_ids, use_cache=False).logits
+        each = [model(row[None], position_ids=position_ids, use_cache=False).logits for row in rows]
+    torch.testing.assert_close(shared, torch.cat(each), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", MIXERS)
 def test_a_left_padded_batch_gives_each_row_what_it_gets_alone(name):
     model = model_for(name)
@@ -105,13 +115,18 @@ def test_static_cache_and_beam_search_match_the_dynamic_cache(name):
     assert torch.equal(static, dynamic) and torch.equal(beams, beams_uncached)
 
 
-def test_a_cache_the_caller_builds_from_the_config_is_given_canon_states():
+def test_a_cache_the_caller_builds_is_given_the_states_each_layer_keeps():
     model = model_for("all_with_canon")
     (prompt,) = documents(8)
     kwargs = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
     with torch.no_grad():
         reference = model.generate(prompt, **kwargs)
-        for cache in (DynamicCache(config=model.config), StaticCache(config=model.config, max_cache_len=32)):
+        caches = (
+            DynamicCache(config=model.config),
+            StaticCache(config=model.config, max_cache_len=32),
+            DynamicCache(),
+        )
+        for cache in caches:
             assert torch.equal(model.generate(prompt, past_key_values=cache, **kwargs), reference)
 
 
@@ -120,7 +135,7 @@ def test_a_cache_that_cannot_hold_canon_states_is_refused_with_the_layer_named()
     (prompt,) = documents(5)
     cache = DynamicCache()
     cache.update(torch.zeros(1, 2, 3, 16), torch.zeros(1, 2, 3, 16), 0)  # an attention-only layer with contents
-    with pytest.raises(ValueError, match="Layer 0 .*Canon"):
+    with pytest.raises(ValueError, match="Layer 0 .*canon_set='ABCD'.* cannot hold"):
         model(prompt, past_key_values=cache)
 
 
