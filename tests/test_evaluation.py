@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, DynamicCache
 
-from cogfm_hf import CogFMForCausalLM
+from cogfm_hf import CogFMConfig, CogFMForCausalLM
 from cogfm_hf.paths import EVAL_TASKS_DIR
 from cogfm_hf.tasks.answers import first_answer
 from cogfm_hf.training.evaluation import (
@@ -18,6 +18,8 @@ from cogfm_hf.training.evaluation import (
     scores,
     task_manager,
 )
+
+from .conftest import small_config
 
 
 @pytest.mark.parametrize(
@@ -99,3 +101,25 @@ def test_the_fast_and_the_plain_path_score_a_live_model_alike(pretrained):
     assert results[True].keys() == results[False].keys() and len(results[True]) > 5
     for key, value in results[True].items():
         assert value == results[False][key] or (value != value and results[False][key] != results[False][key]), key
+
+
+@pytest.mark.parametrize(
+    "mixers",
+    [dict(canon_set="ABCD"), dict(layer_types=["hybrid", "conv"], mamba_d_ssm=64, mamba_d_head=16, mamba_d_state=8)],
+    ids=["canon", "hybrid_and_conv"],
+)
+def test_models_with_other_mixers_evaluate_on_the_fast_path_as_on_the_plain_one(pretrained, mixers):
+    trained = CogFMConfig.from_pretrained(pretrained)
+    special = {key: getattr(trained, key) for key in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")}
+    config = small_config(**special, **mixers, max_position_embeddings=1024)
+    assert growing_cache(config) is None  # generate() makes the cache that keeps each layer's state
+    torch.manual_seed(0)
+    model = CogFMForCausalLM(config)
+    tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    tasks = ["cogfm_addition_digits3", "cogfm_chains_next_step"]
+    results = {
+        fast: run_lm_eval(model, tasks, limit=3, batch_size=4, tokenizer=tokenizer, stop_at_answer_line=fast)
+        for fast in (True, False)
+    }
+    assert all(len(samples) == 3 for samples in results[True]["samples"].values())
+    assert scores(results[True]) == scores(results[False])

@@ -116,8 +116,10 @@ class GrowingLayer(DynamicLayer):
 
 
 def growing_cache(config) -> DynamicCache | None:
-    """A DynamicCache of GrowingLayers for a model whose layers are all full attention (None otherwise: generate()
-    then makes its own cache)."""
+    """A DynamicCache of GrowingLayers for a model whose layers are all full attention and keep no convolution state
+    (None otherwise: generate() then makes its own cache)."""
+    if getattr(config, "keeps_convolution_state", False):
+        return None
     cache = DynamicCache(config=config)
     if any(type(layer) is not DynamicLayer for layer in cache.layers):
         return None
