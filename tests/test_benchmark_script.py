@@ -59,6 +59,8 @@ def test_gpu_check_plans_within_the_carry_limit_and_carries_our_versions(capsys)
     gpu_check.main(["--dry-run", "--parts", "train_step", "lm_eval"])
     printed = capsys.readouterr().out
     assert "parts: train_step, lm_eval" in printed
+    gpu_check.main(["--dry-run"])
+    assert "parts: train_step, mixers, fsdp, lm_eval" in capsys.readouterr().out
     carried = gpu_check.tracked_bytes(gpu_check.Path(gpu_check.__file__).resolve().parents[2])
     assert carried + sum(gpu_check.WHEELS.values()) < gpu_check.CARRY_LIMIT_BYTES
     pinned = dict(wheel.split("==") for wheel in gpu_check.WHEELS)

@@ -1,4 +1,6 @@
-"""The ablation of curriculum and self-correction against a plain baseline (docs/results.md).
+"""The ablation of curriculum and self-correction against a plain baseline (docs/results.md), and the same runner on
+other ablation recipes, e.g. the mixers experiment (attention only, Canon layers, the hybrid):
+python training/ablate.py training/recipes/mixers-chains.yaml --quick
 
 python training/ablate.py                       # every arm, every seed (resumes; skips completed runs)
 python training/ablate.py --core                # baseline, retry p=0.3, curriculum, random-order control

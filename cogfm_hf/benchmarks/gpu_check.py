@@ -17,6 +17,8 @@ ends (a part that fails is recorded as failed, the others still run):
   train_step   bf16 train-step tokens/s and MFU (against the GPU's bf16 dense datasheet peak, attention FLOPs
                counted: cogfm_hf.presets.train_flops_per_token) for cogfm-125m and cogfm-1b beside the same-shape
                LlamaForCausalLM, eager and compiled (cogfm_hf.benchmarks.model_speed's arms)
+  mixers       the Canon and hybrid presets against attention-only cogfm-tiny (model_speed --mixers, compiled; the
+               Mamba-2 scan on transformers' torch path unless mamba-ssm is installed there)
   fsdp         a 1-GPU `accelerate launch --config_file training/accelerate/fsdp.yaml` pretraining run of a few
                steps on generated tasks: it saves, is resumed from its checkpoint, and consolidates its weights
   lm_eval      the cogfm_all group on the GPU, on the consolidated checkpoint
@@ -61,6 +63,8 @@ PRESETS = {
     "cogfm-1b": (4, 2048, ["llama", "cogfm_compiled"]),
 }
 FSDP_STEPS = 6
+MIXER_PRESETS = ["cogfm-tiny-canon", "cogfm-tiny-hybrid"]  # against attention-only cogfm-tiny
+PARTS = ("train_step", "mixers", "fsdp", "lm_eval")
 
 
 def download_wheels(directory: Path) -> None:
@@ -102,6 +106,16 @@ def train_step(out: Path, repeats: int) -> dict:
         results[preset] = result
         torch.cuda.empty_cache()
     return results
+
+
+def mixers(out: Path, repeats: int) -> dict:
+    from . import model_speed
+
+    argv = ["--mixers", *MIXER_PRESETS, "--compiled", "--precisions", "bf16", "--devices", "cuda"]
+    argv += ["--batch-size", "32", "--seq-len", "1024", "--repeats", str(repeats), "--warmup", "1"]
+    argv += ["--decode-contexts", "32", "2048", "--json", str(out / "model_speed_mixers.json")]
+    model_speed.main(argv)
+    return json.loads((out / "model_speed_mixers.json").read_text())
 
 
 def fsdp(out: Path, repository: Path) -> dict:
@@ -158,14 +172,14 @@ def lm_eval(out: Path, limit: int) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("gpu_check_out"), help="where the figures go")
-    parser.add_argument("--parts", nargs="*", choices=["train_step", "fsdp", "lm_eval"], default=None)
+    parser.add_argument("--parts", nargs="*", choices=PARTS, default=None)
     parser.add_argument("--repeats", type=int, default=4, help="interleaved rounds of each train-step arm")
     parser.add_argument("--eval-limit", type=int, default=20)
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the carry size; run nothing")
     parser.add_argument("--download-wheels", type=Path, help="download WHEELS into this folder and stop")
     args = parser.parse_args(argv)
     repository = Path(__file__).resolve().parents[2]
-    parts = args.parts or ["train_step", "fsdp", "lm_eval"]
+    parts = args.parts or list(PARTS)
     if args.download_wheels:
         download_wheels(args.download_wheels)
         return
@@ -173,7 +187,8 @@ def main(argv=None):
     if args.dry_run:
         presets = "; ".join(f"{name} {b}x{n} {', '.join(arms)}" for name, (b, n, arms) in PRESETS.items())
         print(
-            f"parts: {', '.join(parts)}; train steps: {presets}; FSDP steps {FSDP_STEPS}; eval limit {args.eval_limit}"
+            f"parts: {', '.join(parts)}; train steps: {presets}; mixers: {', '.join(MIXER_PRESETS)} against "
+            f"cogfm-tiny; FSDP steps {FSDP_STEPS}; eval limit {args.eval_limit}"
         )
         print(f"carry: {carry / 2**20:.1f} MiB of {CARRY_LIMIT_BYTES / 2**20:.0f} (repository + {len(WHEELS)} wheels)")
         return
@@ -185,6 +200,7 @@ def main(argv=None):
     report = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "parts": {}}
     steps = {
         "train_step": lambda: train_step(args.out, args.repeats),
+        "mixers": lambda: mixers(args.out, args.repeats),
         "fsdp": lambda: fsdp(args.out, repository),
         "lm_eval": lambda: lm_eval(args.out, args.eval_limit),
     }
