@@ -333,6 +333,7 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
         assert 0.0 <= row["id"][0] <= 1.0 and 0.0 <= row["ood"][0] <= 1.0 and row["tokens"] == [budgets[arm][1]]
         assert (arm == "baseline") == ("id_vs_baseline" not in row)
         assert len(row["curve"][0]) == 3  # in-loop evaluations at steps 0, 3, 6
+        assert [point["step"] for point in row["loss_curve"][0]] == [1, 2, 3, 4, 5, 6]  # logged every step
     text = (quick / "results.md").read_text()
     tables = [block.splitlines() for block in text.split("\n\n") if block.startswith("| arm |")]
     main = tables[0]
@@ -341,7 +342,7 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
         len(table) == len(main) and {line.count("|") for line in table} == {table[0].count("|")} for table in tables
     )
     assert [line.split(" | ")[0] for line in main[2:]] == [f"| {arm}" for arm in summary["arms"]]
-    for name in ("ablation-accuracy-by-difficulty.png", "ablation-learning-curves.png"):
+    for name in ("ablation-accuracy-by-difficulty.png", "ablation-learning-curves.png", "ablation-loss-curves.png"):
         assert (quick / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Learnability gate" in text
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 import yaml
 
+from cogfm_hf import CogFMConfig
 from cogfm_hf.config import RecipeError
 from cogfm_hf.experiments.ablation import load_ablation
 from cogfm_hf.paths import REPOSITORY
@@ -205,9 +206,13 @@ def test_compile_auto_compiles_runs_long_enough_to_pay_for_it(tmp_path, monkeypa
     def arguments(max_steps):
         return TrainingArguments(str(tmp_path), max_steps=max_steps, use_cpu=True, report_to="none")
 
+    tiny, canon, hybrid = (CogFMConfig.from_preset(f"cogfm-tiny{kind}") for kind in ("", "-canon", "-hybrid"))
     assert TrainRecipe.load(RECIPES / "cogfm-tiny.yaml").compile == "auto"
-    assert resolve_compile("auto", arguments(COMPILE_MIN_STEPS)) and resolve_compile("auto", arguments(-1))
-    assert not resolve_compile("auto", arguments(COMPILE_MIN_STEPS - 1))
-    assert resolve_compile(True, arguments(3)) and not resolve_compile(False, arguments(10_000))
+    assert resolve_compile("auto", arguments(COMPILE_MIN_STEPS), tiny) and resolve_compile("auto", arguments(-1), tiny)
+    assert not resolve_compile("auto", arguments(COMPILE_MIN_STEPS - 1), tiny)
+    assert resolve_compile(True, arguments(3), tiny) and not resolve_compile(False, arguments(10_000), tiny)
+    # Mamba-2 layers recompile for every batch's longest document: auto leaves them eager; Canon layers compile.
+    assert not resolve_compile("auto", arguments(10_000), hybrid) and resolve_compile(True, arguments(10), hybrid)
+    assert resolve_compile("auto", arguments(10_000), canon)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with fsdp.yaml sets
-    assert not resolve_compile("auto", arguments(10_000)) and resolve_compile(True, arguments(10_000))
+    assert not resolve_compile("auto", arguments(10_000), tiny) and resolve_compile(True, arguments(10_000), tiny)

@@ -45,6 +45,7 @@ from .runs import (
     data_key,
     evaluate_checkpoint,
     learning_curve,
+    loss_curve,
     read_record,
     train_run,
     write_record,
@@ -310,6 +311,7 @@ class Ablation:
             * training.get("gradient_accumulation_steps", 1)
             * recipe["data"]["pack"]["seq_len"],
             "curve": learning_curve(state["log_history"]),
+            "loss_curve": loss_curve(state["log_history"]),
             **evaluation,
         }
         write_record(run_dir, record)

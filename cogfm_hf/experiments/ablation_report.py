@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.recipe import DataRecipe
-from .plots import plot_arms_by_difficulty, plot_learning_curves
+from .plots import plot_arms_by_difficulty, plot_learning_curves, plot_loss_curves
 from .selection import chosen_learning_rate, dev_score, selection_choices, sweep_runs
 from .stats import comparison_rng, items, mean_std, paired_bootstrap, ratio
 
@@ -126,6 +126,7 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
             for metric in ("marker_rate", "false_marker_rate", "self_corrected")
         }
         row["curve"] = [r["curve"] for r in runs]
+        row["loss_curve"] = [r.get("loss_curve", []) for r in runs]
         arms[arm] = row
     gate = learnability_gate(config, by_arm.get("baseline", []), kinds)
     # Arms that change the architecture face the gate too: whether a model learns the task at all is their question.
@@ -315,6 +316,7 @@ def write_report(
     plots = [
         plot_arms_by_difficulty(summary, report_dir / "ablation-accuracy-by-difficulty.png"),
         plot_learning_curves(summary, report_dir / "ablation-learning-curves.png"),
+        plot_loss_curves(summary, report_dir / "ablation-loss-curves.png"),
     ]
     body = markdown(summary, command)
     images = "".join(f"\n![{p.stem}]({p.name})\n" for p in plots if p is not None)

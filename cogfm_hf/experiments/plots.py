@@ -13,10 +13,11 @@ from ..training.plots import plt
 from .stats import ratio
 
 
-def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, percent: bool = True) -> Path:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 100)
+    if percent:
+        ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title)
@@ -73,3 +74,22 @@ def plot_learning_curves(summary: dict, path: Path, experiment: str = "Ablation"
         "in-loop ID exact match (%)",
         f"{experiment}: learning curves (mean over seeds)",
     )
+
+
+def plot_loss_curves(summary: dict, path: Path, experiment: str = "Ablation") -> Path | None:
+    """Training loss against tokens, mean over each arm's seeds (arms whose records hold the loss)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    plotted = False
+    for arm, row in summary["arms"].items():
+        curves = [curve for curve in row.get("loss_curve", []) if curve]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        tokens = [np.mean([c[i]["tokens"] for c in curves]) / 1e6 for i in range(length)]
+        ax.plot(tokens, [np.mean([c[i]["loss"] for c in curves]) for i in range(length)], label=arm)
+        plotted = True
+    if not plotted:
+        plt.close(fig)
+        return None
+    title = f"{experiment}: training loss (mean over seeds)"
+    return _finish(fig, ax, path, "non-padding training tokens (M)", "training loss", title, percent=False)

@@ -84,6 +84,15 @@ def learning_curve(log_history: list[dict]) -> list[dict]:
     return curve
 
 
+def loss_curve(log_history: list[dict]) -> list[dict]:
+    """The training loss of each logging window, with the tokens seen by then."""
+    return [
+        {"step": entry["step"], "tokens": entry.get("num_input_tokens_seen", 0), "loss": entry["loss"]}
+        for entry in log_history
+        if "loss" in entry and "step" in entry
+    ]
+
+
 def write_record(run_dir: Path, record: dict) -> None:
     """Atomically: a run directory holding its record is complete."""
     partial = run_dir / (RUN_DONE + ".partial")
@@ -97,4 +106,11 @@ def read_record(run_dir: Path) -> dict | None:
 
 
 def completed_records(runs_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(runs_dir.glob(f"*/{RUN_DONE}"))]
+    records = []
+    for path in sorted(runs_dir.glob(f"*/{RUN_DONE}")):
+        record = json.loads(path.read_text())
+        state = path.parent / "trainer_state.json"
+        if "loss_curve" not in record and state.is_file():  # recorded before records kept the loss
+            record["loss_curve"] = loss_curve(json.loads(state.read_text())["log_history"])
+        records.append(record)
+    return records

@@ -30,7 +30,7 @@ from ..console import exit_with
 from ..data import build, load_packed
 from ..data.pipeline import MANIFEST
 from ..hardware import peak_flops, resolve_bf16, set_cpu_threads
-from ..modeling.configuration_cogfm import CogFMConfig
+from ..modeling.configuration_cogfm import SSM_LAYER_TYPES, CogFMConfig
 from ..modeling.modeling_cogfm import CogFMForCausalLM
 from ..presets import train_flops_per_token
 from ..tasks import BACK
@@ -169,20 +169,25 @@ def build_model(recipe: TrainRecipe, tokenizer, seq_len: int) -> CogFMForCausalL
 COMPILE_MIN_STEPS = 200
 
 
-def resolve_compile(value: bool | str, args: TrainingArguments) -> bool:
+def resolve_compile(value: bool | str, args: TrainingArguments, config: CogFMConfig) -> bool:
     """The recipe's `compile`: true, false, or auto = runs of COMPILE_MIN_STEPS or more (an epoch-bound run,
-    max_steps -1, counts as long), except under FSDP, where compiling is left to an explicit `compile: true`."""
+    max_steps -1, counts as long), except under FSDP, where compiling is left to an explicit `compile: true`, and
+    for models with Mamba-2 layers: on packed rows their scan runs on the documents unpacked to the batch's longest,
+    a length that changes with every batch, and the compiler recompiles for it (a hybrid run measured minutes per
+    step); compiled, the hybrid step was no faster than eager in the benchmark either."""
     if value != "auto":
         return bool(value)
     if args.fsdp or parse_flag_from_env("ACCELERATE_USE_FSDP"):  # the flag `accelerate launch` sets for FSDP
+        return False
+    if set(config.layer_types) & set(SSM_LAYER_TYPES):
         return False
     return args.max_steps < 0 or args.max_steps >= COMPILE_MIN_STEPS
 
 
 def make_trainer(recipe: TrainRecipe, model, setup: RunSetup) -> CogFMTrainer:
     peak, peak_note = peak_flops(recipe.peak_tflops, setup.bf16)
-    compile = resolve_compile(recipe.compile, setup.args)
     config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    compile = resolve_compile(recipe.compile, setup.args, config)
     # Saved with every checkpoint: `tokenizer(..., truncation=True)` then caps inputs at the model's context.
     setup.tokenizer.model_max_length = config.max_position_embeddings
     if setup.state.is_main_process:
