@@ -85,37 +85,55 @@ class SequenceContext:
 
 
 class PackedDocuments:
-    """The documents of packed rows as a batch of their own ([documents, longest, ...], right-padded), and back.
-    Right padding is harmless to a causal scan: no document's tokens see what follows them."""
+    """The documents of packed rows as batches of their own, and back. Documents are bucketed by length (up to the
+    next power of two, at least 8), each bucket a right-padded batch [documents, bucket length, ...]: a row packs
+    documents of very different lengths (25 chains problems of ~10 tokens beside one of 141), and one batch padded
+    to the longest would scan ~19x the tokens. Right padding is harmless to a causal scan: no document's tokens see
+    what follows them."""
 
     def __init__(self, segment_ids: torch.Tensor):
         batch, seq_len = segment_ids.shape
+        device = segment_ids.device
         starts = F.pad(segment_ids[:, 1:] != segment_ids[:, :-1], (1, 0), value=True).flatten()
-        self.document_of_token = starts.long().cumsum(0) - 1
         start_index = starts.nonzero().squeeze(-1)
         lengths = torch.diff(start_index, append=start_index.new_tensor([batch * seq_len]))
-        self.offset_in_document = (
-            torch.arange(batch * seq_len, device=segment_ids.device) - start_index[self.document_of_token]
-        )
-        longest = int(lengths.max())  # one host sync per forward pass
-        steps = torch.arange(longest, device=segment_ids.device)
-        self.valid = steps < lengths[:, None]
-        self.gather_index = (start_index[:, None] + steps).clamp(max=batch * seq_len - 1)
         # The row each document came from, and whether it is the row's first (it continues a cached state) or last
         # (its final state is the row's).
         self.row = start_index // seq_len
         self.first_of_row = start_index % seq_len == 0
         self.last_of_row = torch.cat([self.row[1:] != self.row[:-1], self.row.new_ones(1, dtype=torch.bool)])
-        self.shape = (batch, seq_len)
+        self.shape, self.documents = (batch, seq_len), len(start_index)
+        bucket_of_document = torch.clamp(torch.ceil(torch.log2(lengths.float())), min=3).long()
+        self.buckets = []  # (document indices, gather index [n, length], valid [n, length]) per bucket
+        for exponent in torch.unique(bucket_of_document).tolist():  # one host sync per forward pass
+            members = (bucket_of_document == exponent).nonzero().squeeze(-1)
+            steps = torch.arange(2**exponent, device=device)
+            valid = steps < lengths[members, None]
+            gather = (start_index[members, None] + steps).clamp(max=batch * seq_len - 1)
+            self.buckets.append((members, gather, valid))
 
-    def unpack(self, states: torch.Tensor) -> torch.Tensor:
-        """[batch, seq, ...] -> [documents, longest, ...], zeros after each document's end."""
-        flat = states.flatten(0, 1)[self.gather_index]
-        return flat * self.valid.view(*self.valid.shape, *([1] * (flat.ndim - 2))).to(flat.dtype)
+    def unpack(self, states: torch.Tensor) -> list[torch.Tensor]:
+        """[batch, seq, ...] -> per bucket [documents, bucket length, ...], zeros after each document's end."""
+        flat = states.flatten(0, 1)
+        return [
+            flat[gather] * valid.view(*valid.shape, *([1] * (flat.ndim - 1))).to(flat.dtype)
+            for _, gather, valid in self.buckets
+        ]
 
-    def pack(self, states: torch.Tensor) -> torch.Tensor:
-        """[documents, longest, ...] -> [batch, seq, ...]."""
-        return states[self.document_of_token, self.offset_in_document].unflatten(0, self.shape)
+    def pack(self, per_bucket: list[torch.Tensor]) -> torch.Tensor:
+        """Per bucket [documents, bucket length, ...] -> [batch, seq, ...]."""
+        first = per_bucket[0]
+        out = first.new_zeros((self.shape[0] * self.shape[1], *first.shape[2:]))
+        for (_, gather, valid), states in zip(self.buckets, per_bucket):
+            out = out.index_put((gather[valid],), states[valid])
+        return out.unflatten(0, self.shape)
+
+    def per_document(self, per_bucket: list[torch.Tensor]) -> torch.Tensor:
+        """Per bucket [documents, ...] -> [all documents, ...], in document order."""
+        out = per_bucket[0].new_zeros((self.documents, *per_bucket[0].shape[1:]))
+        for (members, _, _), states in zip(self.buckets, per_bucket):
+            out = out.index_put((members,), states)
+        return out
 
 
 class CogFMCausalConv(nn.Module):
@@ -249,13 +267,29 @@ class CogFMMamba2(nn.Module):
     def _scan(self, x, dt, A, B, C, context: SequenceContext, state, want_state: bool):
         """The chunked scan over whole sequences, or over the documents of packed rows, each from a zero state."""
         documents = context.documents()
-        if documents is not None:
-            x, dt, B, C = (documents.unpack(t) for t in (x, dt, B, C))
+        if documents is None:
+            return self._chunk_scan(x, dt, A, B, C, state, want_state, self.chunk_size)
+        outputs, final_states = [], []
+        for (members, _, valid), bx, bdt, bB, bC in zip(
+            documents.buckets, *(documents.unpack(t) for t in (x, dt, B, C))
+        ):
             # After a document's end, softplus(-inf) = 0 makes dt 0: no input and no decay, so the scan's final state
             # is the state at the document's end.
-            dt = dt.masked_fill(~documents.valid[..., None], float("-inf"))
+            bdt = bdt.masked_fill(~valid[..., None], float("-inf"))
+            initial = None
             if state is not None:  # only a row's first document continues the cached state
-                state = state[documents.row] * documents.first_of_row.view(-1, 1, 1, 1).to(state.dtype)
+                first = documents.first_of_row[members].view(-1, 1, 1, 1).to(state.dtype)
+                initial = state[documents.row[members]] * first
+            chunk = min(self.chunk_size, bx.shape[1])
+            y, final_state = self._chunk_scan(bx, bdt, A, bB, bC, initial, want_state, chunk)
+            outputs.append(y)
+            final_states.append(final_state)
+        y = documents.pack(outputs)
+        if want_state:  # a row's state is its last document's
+            return y, documents.per_document(final_states)[documents.last_of_row]
+        return y, None
+
+    def _chunk_scan(self, x, dt, A, B, C, state, want_state: bool, chunk_size: int):
         batch, seq_len = x.shape[:2]
         result = mamba2_chunk_scan(
             x.reshape(batch, seq_len, self.num_heads, self.head_dim),
@@ -263,7 +297,7 @@ class CogFMMamba2(nn.Module):
             A,
             B.reshape(batch, seq_len, self.groups, self.state_size),
             C.reshape(batch, seq_len, self.groups, self.state_size),
-            chunk_size=self.chunk_size,
+            chunk_size=chunk_size,
             D=self.D,
             dt_bias=self.dt_bias,
             initial_states=state,
@@ -271,12 +305,7 @@ class CogFMMamba2(nn.Module):
             return_final_states=want_state,
         )
         y, final_state = result if want_state else (result, None)
-        y = y.reshape(batch, seq_len, self.inner_size)
-        if documents is not None:
-            y = documents.pack(y)
-            if final_state is not None:  # a row's state is its last document's
-                final_state = final_state[documents.last_of_row]
-        return y, final_state
+        return y.reshape(batch, seq_len, self.inner_size), final_state
 
     def _step(self, state, x, dt, A, B, C):
         """One cached token: transformers' recurrent update, which also writes the new state into `state`."""

@@ -172,8 +172,8 @@ COMPILE_MIN_STEPS = 200
 def resolve_compile(value: bool | str, args: TrainingArguments, config: CogFMConfig) -> bool:
     """The recipe's `compile`: true, false, or auto = runs of COMPILE_MIN_STEPS or more (an epoch-bound run,
     max_steps -1, counts as long), except under FSDP, where compiling is left to an explicit `compile: true`, and
-    for models with Mamba-2 layers: on packed rows their scan runs on the documents unpacked to the batch's longest,
-    a length that changes with every batch, and the compiler recompiles for it (a hybrid run measured minutes per
+    for models with Mamba-2 layers: on packed rows their scan runs on the documents unpacked into length buckets,
+    shapes that change with every batch, and the compiler recompiles for them (a hybrid run measured minutes per
     step); compiled, the hybrid step was no faster than eager in the benchmark either."""
     if value != "auto":
         return bool(value)
