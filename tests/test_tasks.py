@@ -183,6 +183,7 @@ def test_weak_mistakes_name_a_later_step():
         ("arithmetic", dict(digits=0), "digits"),
         ("arithmetic", dict(operation="/"), "operation"),
         ("addition", dict(operation="*"), "operation"),
+        ("arithmetic", dict(order="reversed"), "order"),
         ("logic", dict(depth=0), "depth"),
         ("logic", dict(max_premises=0), "max_premises"),
         ("code", dict(nesting=3), "nesting"),

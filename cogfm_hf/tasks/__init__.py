@@ -6,7 +6,7 @@ TASKS["chains"].verify(example, "... so the answer is 7")
 """
 
 from .answers import BACK
-from .arithmetic import AdditionTask, ArithmeticTask
+from .arithmetic import AdditionTask, ArithmeticTask, ReversedAdditionTask
 from .base import Example, ReasoningTask
 from .chains import ChainsTask
 from .code import CodeTask
@@ -15,7 +15,8 @@ from .mixture import Mixture, MixtureComponent
 from .retry import add_retries, strip_retries
 
 TASKS: dict[str, ReasoningTask] = {
-    task.name: task for task in (ChainsTask(), ArithmeticTask(), LogicTask(), CodeTask(), AdditionTask())
+    task.name: task
+    for task in (ChainsTask(), ArithmeticTask(), LogicTask(), CodeTask(), AdditionTask(), ReversedAdditionTask())
 }
 
 

@@ -11,7 +11,9 @@ Format (addition; subtraction writes borrows):
 Working from the least-significant digit lets a small model produce each digit from the ones just
 written (Lee et al. 2023); multiplication shows one partial product per digit, then their sum. Knobs:
 digits (of the first operand; the second has 1..digits), operation
-("+", "-", "*" or "mixed"). Subtraction always has the larger operand first. Out-of-distribution
+("+", "-", "*" or "mixed"), order ("msd" as above, or "lsd": the operands and the answer written least-significant
+digit first, `743+985=?` ... `Answer: 639`, the format position coupling reads; the steps are the same).
+Subtraction always has the larger operand first. Out-of-distribution
 buckets have more digits than training, so here — unlike the other tasks — the prompt grows with
 difficulty: the problem is its own prompt.
 """
@@ -23,6 +25,7 @@ import random
 from .base import Example, ReasoningTask, check_range, draw, template_id
 
 OPERATIONS = ("+", "-", "*")
+ORDERS = ("msd", "lsd")
 
 
 def digits_lsd_first(n: int, width: int) -> list[int]:
@@ -32,7 +35,7 @@ def digits_lsd_first(n: int, width: int) -> list[int]:
 class ArithmeticTask(ReasoningTask):
     name = "arithmetic"
     difficulty_knob = "digits"
-    default_knobs = dict(digits=3, operation="mixed")
+    default_knobs = dict(digits=3, operation="mixed", order="msd")
     train_knobs = dict(digits=(1, 5))
     buckets = {
         **{f"digits{k}": ("id", dict(digits=k)) for k in (2, 3, 4, 5)},
@@ -44,6 +47,14 @@ class ArithmeticTask(ReasoningTask):
         if knobs["operation"] not in OPERATIONS + ("mixed",):
             raise ValueError(
                 f"{self.name}: knob 'operation' must be one of {OPERATIONS + ('mixed',)}, got {knobs['operation']!r}"
+            )
+        if knobs["order"] not in ORDERS:
+            raise ValueError(f"{self.name}: knob 'order' must be one of {ORDERS}, got {knobs['order']!r}")
+        if knobs["order"] == "lsd" and knobs["operation"] not in ("+", "-"):
+            raise ValueError(
+                f"{self.name}: order 'lsd' is written for the column-by-column operations '+' and '-' "
+                f"(a multiplication's partial products are not one line per digit), got operation "
+                f"{knobs['operation']!r}"
             )
 
     def sample(self, rng: random.Random, knobs: dict) -> Example:
@@ -60,12 +71,13 @@ class ArithmeticTask(ReasoningTask):
         else:
             steps, marks, pattern, answer = self._multiply(a, b)
         heads = [step[: step.index("=") + 1] for step in steps]
-        shape = f"arith|{operation}|{len(str(a))}|{len(str(b))}|{pattern}"
+        shape = f"arith|{operation}|{len(str(a))}|{len(str(b))}|{pattern}"  # the same in either order
+        written = (lambda n: str(n)[::-1]) if knobs["order"] == "lsd" else str
         return Example(
             task=self.name,
-            prompt=f"{a}{operation}{b}=?\n",
+            prompt=f"{written(a)}{operation}{written(b)}=?\n",
             steps=steps,
-            answer=str(answer),
+            answer=written(answer),
             difficulty=digits,
             template_id=template_id(shape),
             meta=dict(heads=heads, results=marks),
@@ -141,12 +153,12 @@ class AdditionTask(ArithmeticTask):
     """
 
     name = "addition"
-    default_knobs = dict(digits=3, operation="+")
+    default_knobs = dict(digits=3, operation="+", order="msd")
     train_knobs = dict(digits=(1, 4))
     buckets = {
         # No 2-digit bucket: 2-digit additions have too few solution shapes for a held-out one.
         **{f"digits{k}": ("id", dict(digits=k)) for k in (3, 4)},
-        **{f"digits{k}": ("ood", dict(digits=k)) for k in (5, 6, 8)},
+        **{f"digits{k}": ("ood", dict(digits=k)) for k in (5, 6, 8, 12, 16)},
     }
 
     def check_knobs(self, knobs):
@@ -156,3 +168,14 @@ class AdditionTask(ArithmeticTask):
                 f"{self.name}: knob 'operation' is always '+' (use the arithmetic task for others), "
                 f"got {knobs['operation']!r}"
             )
+
+
+class ReversedAdditionTask(AdditionTask):
+    """Addition written least-significant digit first (`order: lsd`): the generalising format of docs/results.md.
+
+    The test sets hold the same problems as the addition task's (the export draws them under the name
+    `addition`), written in this order, so a model trained on either format is scored on the same questions."""
+
+    name = "addition_lsd"
+    problems_of = "addition"
+    default_knobs = dict(digits=3, operation="+", order="lsd")

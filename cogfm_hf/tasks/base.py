@@ -99,6 +99,8 @@ class ReasoningTask:
     `check_knobs`, `sample` and `mistake`."""
 
     name: str = ""
+    # Whose problems the exported test sets hold (a format variant of a task shares that task's questions).
+    problems_of: str = ""
     difficulty_knob: str = ""
     default_knobs: dict = {}
     # Evaluation buckets: name -> (split kind "id"/"ood", knob overrides). Training uses `train_knobs`.
@@ -130,7 +132,7 @@ class ReasoningTask:
         if split not in ("train", "heldout"):
             raise ValueError(f"{self.name}: split must be 'train' or 'heldout', got {split!r}")
         knobs = self.knobs(**knob_overrides)
-        rng = seeded_rng(self.name, split, seed)
+        rng = seeded_rng(self.problems_of or self.name, split, seed)
         while True:
             yield self.sample_split(rng, split, knobs)
 

@@ -53,7 +53,7 @@ def generation_records(task, bucket: str, count: int, dev: bool = False) -> list
     """The test set of a bucket (held-out templates), or with `dev` its dev set (training templates)."""
     kind, overrides = task.buckets[bucket]
     knobs = task.knobs(**{**task.train_knobs, **overrides})
-    rng = seeded_rng("export", EXPORT_VERSION, task.name, bucket, *(["dev"] if dev else []))
+    rng = seeded_rng("export", EXPORT_VERSION, task.problems_of or task.name, bucket, *(["dev"] if dev else []))
     records = []
     for index in range(count):
         example = task.sample_split(rng, "train" if dev else "heldout", knobs)
@@ -78,7 +78,7 @@ def self_correction_records(task, count: int) -> list[dict]:
     """Pairs from one problem and step: the partial solution ends in a planted mistake (take it back), or in
     the true start of the next step (go on: a marker there is a false alarm)."""
     knobs = task.knobs(**task.train_knobs)
-    rng = seeded_rng("export", EXPORT_VERSION, task.name, "self_correction")
+    rng = seeded_rng("export", EXPORT_VERSION, task.problems_of or task.name, "self_correction")
     records = []
     while len(records) < count:
         example = task.sample_split(rng, "heldout", knobs)
@@ -116,7 +116,7 @@ def self_correction_records(task, count: int) -> list[dict]:
 def next_step_records(task, count: int) -> list[dict] | None:
     """None for a task with no numeric step results to corrupt."""
     knobs = task.knobs(**task.train_knobs)
-    rng = seeded_rng("export", EXPORT_VERSION, task.name, "next_step")
+    rng = seeded_rng("export", EXPORT_VERSION, task.problems_of or task.name, "next_step")
     records, attempts = [], 0
     while len(records) < count:
         attempts += 1
