@@ -163,6 +163,10 @@ class CogFMConfig(PreTrainedConfig):
             the heads.
         mamba_d_conv: kernel size of the Mamba-2 convolution over x, B and C (default 4).
         mamba_chunk_size: chunk length of the chunked SSD scan in training and prefill (default 64).
+        position_coupling: RoPE positions from the tokens instead of the sequence index, for column-by-column
+            arithmetic (coupling_cogfm.py has the rule): `{"digit_token_ids": [ten ids, "0" to "9"],
+            "newline_token_id": id, "stride": positions per column}`, optionally `"train_column_gap": G` (training
+            spreads each document's columns by a random gap of 1..G); None (the default) keeps Llama's positions.
         use_cache: return a KV cache from forward by default (generation).
 
     Example:
@@ -211,6 +215,7 @@ class CogFMConfig(PreTrainedConfig):
     mamba_n_groups: int | None = None
     mamba_d_conv: int | None = None
     mamba_chunk_size: int | None = None
+    position_coupling: dict | None = None
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = None
@@ -242,6 +247,7 @@ class CogFMConfig(PreTrainedConfig):
             self.layer_types = ["full_attention"] * self.num_hidden_layers
         self._check_layer_types()
         self._check_mixers()
+        self._check_position_coupling()
         super().__post_init__(**kwargs)  # standardises rope_parameters: rope_type, and rope_theta unless given
         rope_type = self.rope_parameters["rope_type"]
         if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
@@ -320,6 +326,41 @@ class CogFMConfig(PreTrainedConfig):
                 self._check_kernel(field)
         if used["ssm"]:
             self._check_ssm()
+
+    def _check_position_coupling(self):
+        coupling = self.position_coupling
+        if coupling is None:
+            return
+        keys, optional = ("digit_token_ids", "newline_token_id", "stride"), ("train_column_gap",)
+        if not isinstance(coupling, dict) or not set(keys) <= set(coupling) <= set(keys + optional):
+            raise ValueError(
+                f"CogFMConfig.position_coupling must be None or a dict with {keys} (and optionally {optional}), "
+                f"got {coupling!r}."
+            )
+        ids = coupling["digit_token_ids"]
+        in_vocabulary = lambda i: isinstance(i, int) and not isinstance(i, bool) and 0 <= i < self.vocab_size  # noqa: E731
+        if not isinstance(ids, list) or len(ids) != 10 or len(set(ids)) != 10 or not all(map(in_vocabulary, ids)):
+            raise ValueError(
+                "CogFMConfig.position_coupling.digit_token_ids must list the ten distinct token ids of '0'..'9' "
+                f"(each below vocab_size {self.vocab_size}), got {ids!r}."
+            )
+        if not in_vocabulary(coupling["newline_token_id"]) or coupling["newline_token_id"] in ids:
+            raise ValueError(
+                "CogFMConfig.position_coupling.newline_token_id must be the id of the newline token (below "
+                f"vocab_size, not a digit), got {coupling['newline_token_id']!r}."
+            )
+        stride = coupling["stride"]
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 3:
+            raise ValueError(
+                "CogFMConfig.position_coupling.stride must be an integer >= 3 (positions per digit column: longer "
+                f"than a scratchpad line's tokens), got {stride!r}."
+            )
+        gap = coupling.get("train_column_gap", 1)
+        if not isinstance(gap, int) or isinstance(gap, bool) or gap < 1:
+            raise ValueError(
+                "CogFMConfig.position_coupling.train_column_gap must be an integer >= 1 (1: no spreading), "
+                f"got {gap!r}."
+            )
 
     def _check_kernel(self, field: str):
         value = getattr(self, field)

@@ -30,6 +30,7 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_cogfm import SSM_LAYER_TYPES, CogFMConfig
+from .coupling_cogfm import coupled_position_ids, document_starts, random_column_gaps
 from .mixers_cogfm import (
     CogFMCausalConv,
     CogFMMamba2,
@@ -342,8 +343,13 @@ class CogFMModel(CogFMPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        coupled_position_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
+        r"""
+        coupled_position_ids: with `config.position_coupling`, the RoPE positions of these tokens; computed here from
+            `input_ids` when not given, which needs the whole sequence (generate() passes them while it decodes).
+        """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -391,7 +397,14 @@ class CogFMModel(CogFMPreTrainedModel):
             sequence_context = SequenceContext.build(given_position_ids, padding_mask, inputs_embeds.shape)
 
         hidden_states = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        rope_position_ids = position_ids
+        if self.config.position_coupling is not None:
+            rope_position_ids = coupled_position_ids
+            if rope_position_ids is None:
+                rope_position_ids = self.coupled_positions(
+                    input_ids, given_position_ids, padding_mask, past_key_values
+                )
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=rope_position_ids)
         for decoder_layer in self.layers:
             # position_ids travel to the attention function: varlen kernels (flash-attention) find the document
             # boundaries of packed rows, which carry no attention mask, in them.
@@ -406,6 +419,19 @@ class CogFMModel(CogFMPreTrainedModel):
             )
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+    def coupled_positions(self, input_ids, given_position_ids, padding_mask, past_key_values) -> torch.LongTensor:
+        if input_ids is None:
+            raise ValueError("position_coupling reads the tokens: pass input_ids, not inputs_embeds.")
+        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            raise ValueError(
+                "position_coupling needs the whole sequence to place these tokens: decode with generate(), or pass "
+                "coupled_position_ids computed over the full sequence (coupling_cogfm.coupled_position_ids)."
+            )
+        starts = document_starts(input_ids.shape, input_ids.device, given_position_ids, padding_mask)
+        largest_gap = self.config.position_coupling.get("train_column_gap", 1)
+        gaps = random_column_gaps(starts, largest_gap) if self.training and largest_gap > 1 else None
+        return coupled_position_ids(input_ids, self.config.position_coupling, starts, gaps)
 
 
 class CogFMForCausalLM(CogFMPreTrainedModel, GenerationMixin):
@@ -464,6 +490,19 @@ class CogFMForCausalLM(CogFMPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    def prepare_inputs_for_generation(self, input_ids, *args, attention_mask=None, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(input_ids, *args, attention_mask=attention_mask, **kwargs)
+        new_tokens = model_inputs.get("input_ids")
+        if self.config.position_coupling is not None and new_tokens is not None:
+            # The new tokens' places depend on everything before them, which only generate() still holds.
+            padding_mask = (
+                attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 else None
+            )
+            starts = document_starts(input_ids.shape, input_ids.device, padding_mask=padding_mask)
+            coupled = coupled_position_ids(input_ids, self.config.position_coupling, starts)
+            model_inputs["coupled_position_ids"] = coupled[:, -new_tokens.shape[1] :]
+        return model_inputs
 
 
 class CogFMForSequenceClassification(GenericForSequenceClassification, CogFMPreTrainedModel):

@@ -37,6 +37,7 @@ def test_save_pretrained_writes_a_self_contained_directory(tmp_path):
         "configuration_cogfm.py",
         "modeling_cogfm.py",
         "mixers_cogfm.py",
+        "coupling_cogfm.py",
     } <= names
     assert "__init__.py" not in names
     config = json.loads((tmp_path / "config.json").read_text())
@@ -56,12 +57,12 @@ def test_save_pretrained_writes_a_self_contained_directory(tmp_path):
 
 def test_copied_modeling_files_import_only_torch_transformers_and_each_other(tmp_path):
     CogFMForCausalLM(small_config()).save_pretrained(tmp_path)
-    for name in ("configuration_cogfm.py", "modeling_cogfm.py", "mixers_cogfm.py"):
+    for name in ("configuration_cogfm.py", "modeling_cogfm.py", "mixers_cogfm.py", "coupling_cogfm.py"):
         for line in (tmp_path / name).read_text().splitlines():
             if line.startswith(("import ", "from ")):
                 module = line.split()[1]
                 assert module.split(".")[0] in {"torch", "transformers", "math", "collections", "dataclasses"} or (
-                    module in {".configuration_cogfm", ".mixers_cogfm"}
+                    module in {".configuration_cogfm", ".mixers_cogfm", ".coupling_cogfm"}
                 ), f"{name}: {line}"
 
 

@@ -17,4 +17,10 @@ def test_setup_cfg_lists_every_package():
 
 def test_modeling_folder_holds_only_the_checkpoint_files():
     files = {p.name for p in (ROOT / "modeling").iterdir() if p.suffix == ".py"}
-    assert files == {"__init__.py", "configuration_cogfm.py", "modeling_cogfm.py", "mixers_cogfm.py"}
+    assert files == {
+        "__init__.py",
+        "configuration_cogfm.py",
+        "modeling_cogfm.py",
+        "mixers_cogfm.py",
+        "coupling_cogfm.py",
+    }

@@ -63,10 +63,21 @@ class Arm(Config):
     loss: dict[str, Any] = field(default_factory=dict)  # LossConfig fields
     curriculum: dict[str, Any] = field(default_factory=dict)  # CurriculumConfig fields
     model: dict[str, Any] = field(default_factory=dict)  # CogFMConfig fields over the base's model overrides
+    # A format: task -> its variant (e.g. addition -> addition_lsd) in the data and in every lm-eval task, whose
+    # results are filed under the recipe's task names, so arms in different formats compare bucket by bucket
+    tasks: dict[str, str] = field(default_factory=dict)
+    position_coupling: dict[str, Any] | None = None  # the training recipe's model.position_coupling
 
     def validate(self) -> None:
+        from ..tasks import get_task
+
         LossConfig.from_dict(self.loss, "loss")
         CurriculumConfig.from_dict(self.curriculum, "curriculum")
+        for old, new in self.tasks.items():
+            try:
+                get_task(old), get_task(new)
+            except ValueError as error:
+                raise self.invalid(f"tasks.{old}", str(error)) from None
 
 
 @dataclass
@@ -146,14 +157,25 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, dict]:
     except RecipeError as error:
         raise error.in_file(base_path) from None
     for name, arm in config.arms.items():  # and on an architecture the model config refuses
-        if arm.model:
+        if arm.model or arm.position_coupling:
             model = base.get("model") or {}
             changed = {**base, "model": {**model, "overrides": {**(model.get("overrides") or {}), **arm.model}}}
+            if arm.position_coupling:
+                changed["model"]["position_coupling"] = arm.position_coupling
             try:
                 TrainRecipe.from_dict(changed)
             except (RecipeError, ValueError) as error:
-                raise RecipeError(f"{error}", f"arms.{name}.model").in_file(path) from None
+                field_name = "model" if arm.model else "position_coupling"
+                raise RecipeError(f"{error}", f"arms.{name}.{field_name}").in_file(path) from None
     return config, base
+
+
+def renamed_task(lm_eval_task: str, tasks: dict[str, str]) -> str:
+    """An lm-eval task name (`cogfm_<task>_<set>`) with its generator replaced per `tasks` (an arm's format)."""
+    for old, new in tasks.items():
+        if lm_eval_task.startswith(f"cogfm_{old}_"):
+            return f"cogfm_{new}_" + lm_eval_task[len(f"cogfm_{old}_") :]
+    return lm_eval_task
 
 
 # -- resolving arms into training recipes -----------------------------------------------------------
@@ -165,7 +187,7 @@ def merged_changes(config: AblationConfig, name: str, choices: dict[str, str], s
     if name in config.select:
         return merged_changes(config, choices[name], choices, (*seen, name))
     arm = config.arms[name]
-    changes: dict = {"loss": {}, "curriculum": {}, "model": {}}
+    changes: dict = {"loss": {}, "curriculum": {}, "model": {}, "tasks": {}}
     for ref in arm.like:
         inherited = merged_changes(config, ref, choices, (*seen, name))
         for key, value in inherited.items():
@@ -176,8 +198,12 @@ def merged_changes(config: AblationConfig, name: str, choices: dict[str, str], s
     changes["loss"] = {**changes["loss"], **arm.loss}
     changes["curriculum"] = {**changes["curriculum"], **arm.curriculum}
     changes["model"] = {**changes["model"], **arm.model}
-    if not changes["model"]:
-        del changes["model"]  # so the records of arms that keep the model read as before
+    changes["tasks"] = {**changes["tasks"], **arm.tasks}
+    if arm.position_coupling is not None:
+        changes["position_coupling"] = arm.position_coupling
+    for key in ("model", "tasks"):
+        if not changes[key]:
+            del changes[key]  # so the records of arms that keep the model and the tasks read as before
     return changes
 
 
@@ -194,17 +220,23 @@ def arm_recipe(
     """The full training recipe of one run: the base recipe plus the arm's changes, the seed, the chosen
     learning rate and where things go. Nothing else is touched (tests compare resolved recipes)."""
     recipe = copy.deepcopy(base)
+    tasks = changes.get("tasks", {})
     for source in recipe["data"].get("sources", []):
         if source.get("type") == "tasks":
             for component in source["mixture"]:
+                component["task"] = tasks.get(component["task"], component["task"])
                 for key in ("retry_p", "retry_variant"):
                     if key in changes:
                         component[key] = changes[key]
+    if tasks and recipe.get("eval", {}).get("tasks"):
+        recipe["eval"]["tasks"] = [renamed_task(task, tasks) for task in recipe["eval"]["tasks"]]
     recipe["loss"] = {**(recipe.get("loss") or {}), **changes.get("loss", {})}
     recipe["curriculum"] = {**(recipe.get("curriculum") or {}), **changes.get("curriculum", {})}
     if changes.get("model"):
         model = recipe.setdefault("model", {})
         model["overrides"] = {**(model.get("overrides") or {}), **changes["model"]}
+    if changes.get("position_coupling"):
+        recipe.setdefault("model", {})["position_coupling"] = changes["position_coupling"]
     recipe["training"] = {
         **recipe["training"],
         "seed": seed,
@@ -286,13 +318,29 @@ class Ablation:
         )
         train_seconds = train_run(recipe, run_dir)
         start = time.perf_counter()
+        tasks = changes.get("tasks", {})
+        # The arm's own format of every test and dev set, filed under the recipe's names.
+        recipe_name = {
+            renamed_task(task, tasks): task
+            for task in self.config.test_tasks + self.config.self_correction_tasks + self.config.dev_tasks
+        }
         evaluation = evaluate_checkpoint(
             run_dir,
-            self.config.test_tasks + self.config.self_correction_tasks,
-            self.config.dev_tasks,
+            [renamed_task(task, tasks) for task in self.config.test_tasks + self.config.self_correction_tasks],
+            [renamed_task(task, tasks) for task in self.config.dev_tasks],
             self.config.test_limit,
             self.config.eval_batch_size,
         )
+        generator = {new: old for old, new in tasks.items()}
+        evaluation = {
+            split: {
+                recipe_name[task]: {**result, "task": generator.get(result["task"], result["task"])}
+                if "task" in result
+                else result
+                for task, result in results.items()
+            }
+            for split, results in evaluation.items()
+        }
         summary = json.loads((run_dir / "training_summary.json").read_text())
         state = json.loads((run_dir / "trainer_state.json").read_text())
         training = recipe["training"]
@@ -310,7 +358,10 @@ class Ablation:
             * training["per_device_train_batch_size"]
             * training.get("gradient_accumulation_steps", 1)
             * recipe["data"]["pack"]["seq_len"],
-            "curve": learning_curve(state["log_history"]),
+            "curve": [
+                {**point, "exact_match": {recipe_name.get(t, t): v for t, v in point["exact_match"].items()}}
+                for point in learning_curve(state["log_history"])
+            ],
             "loss_curve": loss_curve(state["log_history"]),
             **evaluation,
         }

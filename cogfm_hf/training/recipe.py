@@ -99,6 +99,9 @@ class ModelConfig(Config):
     preset: str = "cogfm-tiny"
     overrides: dict[str, Any] = field(default_factory=dict)  # CogFMConfig fields
     checkpoint: str | None = None  # fine-tuning: start from this checkpoint instead of a fresh preset
+    # {stride: N, train_column_gap: G}: coupled RoPE positions for the `order: lsd` arithmetic format
+    # (CogFMConfig.position_coupling), with the digit and newline token ids taken from the run's tokenizer
+    position_coupling: dict[str, Any] | None = None
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -107,6 +110,19 @@ class ModelConfig(Config):
         unknown = sorted(set(self.overrides) - known)
         if unknown:
             raise self.invalid("overrides", f"unknown CogFMConfig field(s) {unknown}; known: {sorted(known)}")
+        if "position_coupling" in self.overrides:
+            raise self.invalid(
+                "overrides.position_coupling",
+                "set model.position_coupling: {stride: N} (the token ids come from the tokenizer)",
+            )
+        if self.position_coupling is not None:
+            if not isinstance(self.position_coupling, dict) or "stride" not in self.position_coupling:
+                raise self.invalid("position_coupling", f"give {{stride: N}}, got {self.position_coupling!r}")
+            stand_in_ids = dict(digit_token_ids=list(range(10)), newline_token_id=10)  # the tokenizer's, at build
+            try:
+                CogFMConfig(position_coupling={**stand_in_ids, **self.position_coupling})
+            except ValueError as error:
+                raise self.invalid("position_coupling", str(error)) from None
         try:  # the values too: CogFMConfig names the field and the fix
             CogFMConfig.from_preset(self.preset, **self.overrides)
         except (TypeError, ValueError) as error:

@@ -145,6 +145,20 @@ def check_resume_shape(checkpoint: Path, recipe: TrainRecipe) -> None:
         )
 
 
+def position_coupling(tokenizer, stride: int, train_column_gap: int = 1) -> dict:
+    """CogFMConfig.position_coupling for this tokenizer: the ids of its single-token digits and newline."""
+    ids = {text: tokenizer.encode(text, add_special_tokens=False) for text in [*"0123456789", "\n"]}
+    split = {text: found for text, found in ids.items() if len(found) != 1}
+    if split:
+        raise RecipeError(
+            f"the tokenizer does not write each of {sorted(split)} as one token ({split}); position coupling reads "
+            "digits and newlines token by token",
+            "model.position_coupling",
+        )
+    coupling = dict(digit_token_ids=[ids[d][0] for d in "0123456789"], newline_token_id=ids["\n"][0], stride=stride)
+    return coupling if train_column_gap == 1 else {**coupling, "train_column_gap": train_column_gap}
+
+
 def build_model(recipe: TrainRecipe, tokenizer, seq_len: int) -> CogFMForCausalLM:
     preset = CogFMConfig.from_preset(recipe.model.preset)
     fields = dict(
@@ -154,6 +168,8 @@ def build_model(recipe: TrainRecipe, tokenizer, seq_len: int) -> CogFMForCausalL
         eos_token_id=tokenizer.eos_token_id,
         max_position_embeddings=max(preset.max_position_embeddings, seq_len),
     )
+    if recipe.model.position_coupling is not None:
+        fields["position_coupling"] = position_coupling(tokenizer, **recipe.model.position_coupling)
     config = CogFMConfig.from_preset(recipe.model.preset, **{**fields, **recipe.model.overrides})
     if config.vocab_size < len(tokenizer):  # a tokenizer reused from a directory, not known before loading it
         raise RecipeError(

@@ -1,0 +1,105 @@
+"""Position coupling (Cho et al. 2024, arXiv 2405.20671) for column-by-column arithmetic, computed from the tokens.
+
+RoPE normally rotates each token by its index in the sequence, so a scratchpad step that must read "the i-th digit
+of each operand" looks back a distance that grows with i: distances a model trained on short numbers never saw.
+Coupled position ids give every token of one digit column the same place, whatever the number's length, so the
+lookups a column needs sit at the same relative distance at 4 digits and at 16.
+
+The ids are a pure, causal function of a document's tokens (written for the `order: lsd` arithmetic format:
+operands and answer least-significant digit first, one scratchpad line per column):
+
+    743+985=?                    the first line, a *number line*
+    7+9+0=16 write 6 carry 1.    a *step line*: a line that starts with a digit, one per column
+    4+8+1=13 write 3 carry 1.
+    3+5+1=9 write 9 carry 0.
+    Answer: 639                  any other line is a number line
+
+- a token of step line `c` (0-based, counted from the second line) gets `stride * c + slot`, `slot` being its
+  index in the line, the newline that opens the line counting as 0 (the newline predicts the line's first token,
+  so it sits in the column it opens), clamped to `stride - 1`;
+- a digit of a number line gets `stride * k + r`: `k` its index within its number (its significance, the numbers
+  being written least-significant digit first), `r` which number of the line it belongs to (0, 1, ...);
+- any other token of a number line gets `stride - 1`.
+
+So operand digit k, the step line of column k and answer digit k keep the same distances between them at any
+length. Training and inference compute the same ids: `CogFMModel` from the `input_ids` of a full sequence (packed
+rows split into documents where `position_ids` restart), and `generate()` from everything generated so far
+(`CogFMForCausalLM.prepare_inputs_for_generation`), so lm-eval's `hf` model, which passes no position ids, gets
+them too.
+
+A document-wide random offset (the paper's, for its absolute position embeddings) would change no attention score
+under RoPE, which sees only differences. What RoPE does meet at test is *distances* a short training never showed:
+a 16-digit problem puts tokens 16 columns apart, 4-digit training at most 5. With `train_column_gap` G > 1 each
+training document spreads its columns by a random gap of 1..G (column c at `stride * c * gap`; within a column
+nothing moves), so training shows distances up to G times longer, in the spirit of randomised positions (Ruoss et
+al. 2023); evaluation and generation always use gap 1.
+
+This file is copied into every checkpoint of a model that uses it; it imports only torch.
+"""
+
+import torch
+
+COUPLING_KEYS = ("digit_token_ids", "newline_token_id", "stride")
+
+
+def document_starts(
+    shape: tuple[int, int],
+    device: torch.device,
+    position_ids: torch.Tensor | None = None,
+    padding_mask: torch.Tensor | None = None,
+) -> torch.BoolTensor:
+    """True at each document's first token: where the given `position_ids` restart (packed rows), else at the first
+    token the 2D `padding_mask` keeps (left padding), else at index 0."""
+    if position_ids is not None:
+        return (position_ids == 0).expand(shape)
+    starts = torch.zeros(shape, dtype=torch.bool, device=device)
+    if padding_mask is not None:
+        first_kept = padding_mask.to(torch.long).argmax(dim=-1)
+        starts[torch.arange(shape[0], device=device), first_kept] = True
+    else:
+        starts[:, 0] = True
+    return starts
+
+
+def _last_position_where(flags: torch.BoolTensor) -> torch.LongTensor:
+    """For each token, the index of the latest token at or before it where `flags` holds (0 where none has)."""
+    index = torch.arange(flags.shape[-1], device=flags.device).expand(flags.shape)
+    return torch.where(flags, index, 0).cummax(dim=-1).values
+
+
+def random_column_gaps(starts: torch.BoolTensor, largest: int) -> torch.LongTensor:
+    """Per token, its document's gap between columns, drawn uniformly from 1..`largest` (training only)."""
+    document = starts.long().cumsum(-1)
+    gaps = torch.randint(1, largest + 1, (starts.shape[0], starts.shape[-1] + 1), device=starts.device)
+    return gaps.gather(-1, document)
+
+
+def coupled_position_ids(
+    input_ids: torch.LongTensor, coupling: dict, starts: torch.BoolTensor, column_gaps: torch.LongTensor | None = None
+) -> torch.LongTensor:
+    """The coupled position id of every token of `input_ids` (batch, length); `starts` marks document starts
+    (`document_starts`). See the module docstring for the rule; `column_gaps` (per token, from `random_column_gaps`)
+    spreads the columns apart: column c at `stride * c * gap`."""
+    stride = coupling["stride"]
+    digits = torch.tensor(coupling["digit_token_ids"], device=input_ids.device)
+    is_digit = torch.isin(input_ids, digits)
+    line_start = starts | (input_ids == coupling["newline_token_id"])
+    index = torch.arange(input_ids.shape[-1], device=input_ids.device).expand(input_ids.shape)
+
+    line_start_at = _last_position_where(line_start)
+    lines_so_far = line_start.long().cumsum(-1)
+    line = lines_so_far - lines_so_far.gather(-1, _last_position_where(starts))  # 0: the document's first line
+    slot = index - line_start_at
+    opens_with_digit = is_digit.gather(-1, (line_start_at + 1).clamp(max=input_ids.shape[-1] - 1))
+    step_line = (line > 0) & ((slot == 0) | opens_with_digit)  # a newline is in the column it opens
+    column_stride = stride if column_gaps is None else stride * column_gaps
+    step_ids = column_stride * (line - 1).clamp(min=0) + slot.clamp(max=stride - 1)
+
+    previous_is_digit = torch.nn.functional.pad(is_digit[..., :-1], (1, 0), value=False)
+    run_start = is_digit & ~(previous_is_digit & ~line_start)
+    significance = index - _last_position_where(run_start)
+    runs_so_far = run_start.long().cumsum(-1)
+    runs_before_line = runs_so_far.gather(-1, line_start_at) - run_start.gather(-1, line_start_at).long()
+    number = (runs_so_far - runs_before_line - 1).clamp(min=0, max=stride - 2)
+    number_ids = torch.where(is_digit, column_stride * significance + number, stride - 1)
+    return torch.where(step_line, step_ids, number_ids)

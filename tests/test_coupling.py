@@ -1,0 +1,182 @@
+"""Position coupling: RoPE places computed from the tokens (coupling_cogfm.py), the same in a packed training row, in
+generate() and through the lm-eval CLI, on the `order: lsd` addition format and a real tokenizer."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from transformers import AutoTokenizer
+
+from cogfm_hf import CogFMConfig, CogFMForCausalLM
+from cogfm_hf.config import RecipeError
+from cogfm_hf.modeling.coupling_cogfm import coupled_position_ids, document_starts
+from cogfm_hf.paths import EVAL_TASKS_DIR
+from cogfm_hf.tasks import TASKS
+from cogfm_hf.training.recipe import TrainRecipe
+from cogfm_hf.training.run import position_coupling
+
+from .conftest import run_isolated_python, small_config, tiny_recipe
+
+STRIDE = 32
+
+
+@pytest.fixture(scope="module")
+def tokenizer(data_dir):
+    return AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+
+
+@pytest.fixture(scope="module")
+def coupling(tokenizer):
+    return position_coupling(tokenizer, STRIDE)
+
+
+def lsd_problem(seed: int, digits: int):
+    return next(TASKS["addition_lsd"].generate(seed, digits=digits))
+
+
+def coupled_model(tokenizer, coupling, **overrides) -> CogFMForCausalLM:
+    # A large init makes a random model's outputs depend on where it places tokens, so a wrong place shows.
+    fields = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    fields.update(bos_token_id=tokenizer.bos_token_id, position_coupling=coupling, initializer_range=0.3)
+    fields.update(max_position_embeddings=1024)  # lm-eval refuses a generation longer than this
+    return CogFMForCausalLM(small_config(**{**fields, **overrides})).eval()
+
+
+def test_the_lsd_format_writes_the_same_problems_reversed():
+    for seed, digits in ((0, 5), (3, 8), (7, 16)):
+        plain, reversed_ = next(TASKS["addition"].generate(seed, digits=digits)), lsd_problem(seed, digits)
+        a, b = plain.prompt.removesuffix("=?\n").split("+")
+        assert reversed_.prompt == f"{a[::-1]}+{b[::-1]}=?\n" and reversed_.answer == plain.answer[::-1]
+        assert reversed_.steps == plain.steps and reversed_.template_id == plain.template_id
+    with pytest.raises(ValueError, match="order 'lsd' is written for the column-by-column operations"):
+        TASKS["arithmetic"].knobs(order="lsd", operation="*")
+
+
+def test_coupled_ids_of_a_packed_row_are_what_the_format_promises(tokenizer, coupling):
+    documents = [lsd_problem(0, 6), lsd_problem(1, 3), lsd_problem(2, 4)]
+    row, positions, spans = [], [], []
+    for document in documents:
+        ids = tokenizer(document.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        spans.append((len(row), len(row) + len(ids)))
+        row += ids
+        positions += range(len(ids))
+    input_ids, position_ids = torch.tensor([row]), torch.tensor([positions])
+    coupled = coupled_position_ids(input_ids, coupling, document_starts(input_ids.shape, "cpu", position_ids))[0]
+
+    for document, (start, end) in zip(documents, spans):
+        alone = input_ids[:, start:end]
+        # Per document: the same ids as the document alone; and causal: a prefix's ids are a prefix of the ids.
+        assert (
+            coupled[start:end].tolist()
+            == coupled_position_ids(alone, coupling, document_starts(alone.shape, "cpu"))[0].tolist()
+        )
+        for length in range(1, end - start):
+            prefix = alone[:, :length]
+            assert (
+                coupled_position_ids(prefix, coupling, document_starts(prefix.shape, "cpu"))[0].tolist()
+                == coupled[start : start + length].tolist()
+            )
+
+        texts = [tokenizer.decode([token]) for token in row[start:end]]
+        ids = coupled[start:end].tolist()
+        lines, line = [[]], 0
+        for text, place in zip(texts, ids):
+            if text == "\n":
+                line += 1
+                lines.append([])
+            lines[line].append((text, place))
+        a, b = document.prompt.removesuffix("=?\n").split("+")
+        prompt_digits = [place for text, place in lines[0] if text.isdigit()]
+        # Same significance, same column: operand digit k of a and of b, step line k and answer digit k.
+        assert prompt_digits == [STRIDE * k for k in range(len(a))] + [STRIDE * k + 1 for k in range(len(b))]
+        for column, step in enumerate(lines[1 : 1 + len(document.steps)]):
+            assert [place for _, place in step] == [STRIDE * column + slot for slot in range(len(step))]
+        answer = lines[1 + len(document.steps)]
+        assert "".join(text for text, _ in answer).strip() == f"Answer: {document.answer}"
+        assert [place for text, place in answer if text.isdigit()] == [STRIDE * k for k in range(len(document.answer))]
+        assert {place for text, place in answer[1:] if not text.isdigit()} == {STRIDE - 1}
+
+
+def test_generation_places_every_token_as_a_training_forward_does(tokenizer, coupling):
+    model = coupled_model(tokenizer, coupling)
+    tokenizer.padding_side = "left"
+    prompts = [lsd_problem(0, 7).prompt, lsd_problem(1, 3).prompt]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    out = model.generate(
+        **batch, max_new_tokens=40, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0
+    )
+    mask = torch.cat([batch["attention_mask"], torch.ones_like(out.sequences[:, batch["input_ids"].shape[1] :])], 1)
+    full = model(out.sequences, attention_mask=mask).logits
+    decoded = torch.stack(out.logits, 1)
+    prompt_length = batch["input_ids"].shape[1]
+    torch.testing.assert_close(decoded, full[:, prompt_length - 1 : -1], atol=2e-4, rtol=1e-4)
+    # A static cache decodes the same; and the places matter: the same weights at Llama's positions differ.
+    static = model.generate(**batch, max_new_tokens=40, do_sample=False, cache_implementation="static", pad_token_id=0)
+    assert torch.equal(static, out.sequences)
+    plain = coupled_model(tokenizer, None)
+    plain.load_state_dict(model.state_dict())
+    assert not torch.allclose(plain(out.sequences, attention_mask=mask).logits, full, atol=1e-2)
+
+
+def test_a_forward_after_cached_tokens_needs_the_coupled_ids(tokenizer, coupling):
+    model = coupled_model(tokenizer, coupling)
+    ids = tokenizer(lsd_problem(0, 4).text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    past = model(ids[:, :-1], use_cache=True).past_key_values
+    with pytest.raises(ValueError, match="position_coupling needs the whole sequence"):
+        model(ids[:, -1:], past_key_values=past)
+
+
+def test_bad_coupling_settings_name_the_field(tmp_path):
+    digits = list(range(10, 20))
+    for coupling, message in (
+        ({"stride": 32}, "a dict with"),
+        (dict(digit_token_ids=digits[:9], newline_token_id=5, stride=32), "ten distinct token ids"),
+        (dict(digit_token_ids=digits, newline_token_id=10, stride=32), "newline_token_id"),
+        (dict(digit_token_ids=digits, newline_token_id=5, stride=2), "stride must be an integer >= 3"),
+    ):
+        with pytest.raises(ValueError, match=f"position_coupling.*{message}|{message}"):
+            CogFMConfig(vocab_size=97, position_coupling=coupling)
+    recipe = tiny_recipe(tmp_path / "data", tmp_path / "out")
+    with pytest.raises(RecipeError, match=r"model\.position_coupling.*stride must be an integer >= 3"):
+        TrainRecipe.from_dict({**recipe, "model": {**recipe["model"], "position_coupling": {"stride": 1}}})
+    with pytest.raises(RecipeError, match=r"overrides\.position_coupling.*set model\.position_coupling"):
+        overrides = {**recipe["model"]["overrides"], "position_coupling": {"stride": 32}}
+        TrainRecipe.from_dict({**recipe, "model": {**recipe["model"], "overrides": overrides}})
+
+
+@pytest.mark.slow
+def test_the_lm_eval_cli_generates_what_the_model_generates_with_coupled_places(tokenizer, coupling, tmp_path):
+    """lm-eval's `hf` model passes no position ids: the checkpoint's own code places the tokens, package-less."""
+    model = coupled_model(tokenizer, coupling)
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    task, limit = "cogfm_addition_lsd_digits5", 4
+    code = (
+        "import sys\nfrom lm_eval.__main__ import cli_evaluate\n"
+        f"sys.argv = ['lm_eval', '--model', 'hf', '--model_args', 'pretrained={checkpoint},trust_remote_code=True', "
+        f"'--include_path', {str(EVAL_TASKS_DIR)!r}, '--tasks', '{task}', '--device', 'cpu', '--limit', '{limit}', "
+        "'--batch_size', '4', '--log_samples', '--output_path', 'results']\ncli_evaluate()\n"
+    )
+    result = run_isolated_python(code, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [samples] = (tmp_path / "results").rglob(f"samples_{task}_*.jsonl")
+    responses = {s["doc_id"]: (s["doc"]["prompt"], s["resps"][0][0]) for s in map(json.loads, samples.open())}
+    assert len(responses) == limit
+
+    max_gen_toks = yaml.safe_load((EVAL_TASKS_DIR / "generated" / f"{task}.yaml").read_text())["generation_kwargs"][
+        "max_gen_toks"
+    ]
+    plain = coupled_model(tokenizer, None)
+    plain.load_state_dict(model.state_dict())
+    differs = 0
+    for prompt, response in responses.values():
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        written = []
+        for candidate in (model, plain):
+            out = candidate.generate(ids, max_new_tokens=max_gen_toks, do_sample=False, pad_token_id=0)
+            written.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).split("\n\n")[0])
+        assert written[0] == response, (prompt, response, written[0])
+        differs += written[1] != response
+    assert differs, "the coupled and the plain model wrote the same text: the test could not tell them apart"
