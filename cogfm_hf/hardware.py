@@ -44,6 +44,13 @@ def describe_cpu() -> str:
     return f"{model}, {os.cpu_count()} cores, flags: {' '.join(vector) or 'none of avx2/avx512'}"
 
 
+def describe_device() -> str:
+    """Where a run trained: the GPU's name, else `describe_cpu()`."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (x{torch.cuda.device_count()})"
+    return describe_cpu()
+
+
 def resolve_bf16(value: bool | str) -> bool:
     """`bf16: auto` uses bf16 autocast where the hardware does bf16 matmuls natively (CUDA GPUs that support it,
     CPUs with AVX512-BF16 or AMX); elsewhere it stays in fp32."""

@@ -345,6 +345,12 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
     for name in ("ablation-accuracy-by-difficulty.png", "ablation-learning-curves.png", "ablation-loss-curves.png"):
         assert (quick / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Learnability gate" in text
+    # Every report names the precision and the machine its runs trained with (`bf16: auto` differs by machine).
+    from cogfm_hf.hardware import describe_device, resolve_bf16
+
+    precision = "bf16" if resolve_bf16(recipes["baseline"]["training"]["bf16"]) else "fp32"
+    assert summary["machines"] == [f"{precision} on {describe_device()}"]
+    assert f"Precision and machine of the runs: {summary['machines'][0]}." in text
 
     # The report of a given learning rate (here the one the quick runs used) goes beside it; an unknown one is refused.
     lr = base["training"]["learning_rate"]

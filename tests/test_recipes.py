@@ -216,3 +216,13 @@ def test_compile_auto_compiles_runs_long_enough_to_pay_for_it(tmp_path, monkeypa
     assert resolve_compile("auto", arguments(10_000), canon)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with fsdp.yaml sets
     assert not resolve_compile("auto", arguments(10_000), tiny) and resolve_compile(True, arguments(10_000), tiny)
+
+
+def test_experiment_recipes_pin_their_precision():
+    """`bf16: auto` trains one command in bf16 on a CPU with native bf16 and in fp32 elsewhere: an experiment's
+    numbers would depend on the machine."""
+    experiments = [yaml.safe_load(path.read_text()) for path in RECIPES.glob("*.yaml")]
+    bases = {experiment["base"] for experiment in experiments if "base" in experiment}
+    assert bases >= {"ablation-base.yaml", "mixers-chains-base.yaml"}
+    for base in bases:
+        assert yaml.safe_load((RECIPES / base).read_text())["training"]["bf16"] in (True, False), base

@@ -353,6 +353,8 @@ class Ablation:
             "train_seconds": round(train_seconds, 1),
             "eval_seconds": round(time.perf_counter() - start, 1),
             "global_step": summary["global_step"],
+            "precision": summary["precision"],
+            "device": summary["device"],
             "num_input_tokens_seen": summary["num_input_tokens_seen"],
             "token_slots": summary["global_step"]
             * training["per_device_train_batch_size"]

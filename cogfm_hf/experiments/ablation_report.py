@@ -75,8 +75,9 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
     by_arm: dict[str, list[dict]] = {}
     for record in main:
         by_arm.setdefault(record["arm"], []).append(record)
-    id_tasks = sorted(t for t, k in kinds.items() if k == "id")
-    ood_tasks = sorted(t for t, k in kinds.items() if k == "ood")
+    difficulty = {t: r["test"][t]["difficulty"] for r in records for t in r["test"]}
+    id_tasks = sorted((t for t, k in kinds.items() if k == "id"), key=lambda t: (difficulty[t], t))
+    ood_tasks = sorted((t for t, k in kinds.items() if k == "ood"), key=lambda t: (difficulty[t], t))
     # A control named by a selection is the arm it chose (none while undecided), as the runner chooses it.
     chosen = {name: arm for name, (arm, _) in selection_choices(config, main, learning_rate).items()}
     arms = {}
@@ -146,7 +147,14 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
         "gate": gate,
         "architecture_gates": architecture_gates,
         "target": config.target,
-        "difficulty": {t: r["test"][t]["difficulty"] for r in records for t in r["test"]},
+        "difficulty": difficulty,
+        # `bf16: auto` trains in bf16 or fp32 by machine: the same command, not the same numbers
+        "machines": sorted(
+            {
+                f"{r['precision']} on {r['device']}" if "precision" in r else "not recorded (run before runs named it)"
+                for r in covered
+            }
+        ),
         "total_seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in covered), 1),
         "runs": len(covered),
     }
@@ -276,6 +284,8 @@ def markdown(summary: dict, command: str) -> str:
             f"{', '.join(f'{k} ≤ {v}' for k, v in summary['training_tops'].items())}; "
             f"in-distribution (ID) test tasks: {', '.join(summary['id_tasks'])}; "
             f"out-of-distribution (OOD): {', '.join(summary['ood_tasks']) or '–'}.",
+            "",
+            f"Precision and machine of the runs: {'; '.join(summary.get('machines', [])) or '–'}.",
             "",
             f"**Learnability gate**: {gate_text}",
             "",

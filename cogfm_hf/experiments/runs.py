@@ -112,5 +112,8 @@ def completed_records(runs_dir: Path) -> list[dict]:
         state = path.parent / "trainer_state.json"
         if "loss_curve" not in record and state.is_file():  # recorded before records kept the loss
             record["loss_curve"] = loss_curve(json.loads(state.read_text())["log_history"])
+        summary = path.parent / "training_summary.json"
+        if "precision" not in record and summary.is_file():  # recorded before records named the machine
+            record.update({k: v for k, v in json.loads(summary.read_text()).items() if k in ("precision", "device")})
         records.append(record)
     return records

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from ..hardware import describe_device
 from .evaluation import scores
 from .model_card import read_data_report, write_model_card
 from .plots import plot_eval_history_by_difficulty, plot_losses
@@ -61,6 +62,9 @@ def write_run_outputs(trainer, recipe, model, results: dict | None, output: Path
         "skipped_updates": trainer.skipped_updates,
         "global_step": state.global_step,
         "num_input_tokens_seen": state.num_input_tokens_seen,
+        # What a figure depends on besides the recipe: `bf16: auto` resolves per machine.
+        "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
+        "device": describe_device(),
     }
     if results:
         summary["final_eval"] = scores(results)
