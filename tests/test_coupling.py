@@ -145,7 +145,6 @@ def test_bad_coupling_settings_name_the_field(tmp_path):
         TrainRecipe.from_dict({**recipe, "model": {**recipe["model"], "overrides": overrides}})
 
 
-@pytest.mark.slow
 def test_the_lm_eval_cli_generates_what_the_model_generates_with_coupled_places(tokenizer, coupling, tmp_path):
     """lm-eval's `hf` model passes no position ids: the checkpoint's own code places the tokens, package-less."""
     model = coupled_model(tokenizer, coupling)

@@ -182,7 +182,7 @@ def _tokens(reached: list) -> str:
 
 def _changes(changes: dict) -> str:
     parts = [f"{k}={v}" for k, v in changes.items() if not isinstance(v, dict)]
-    sections = ("loss", "curriculum", "model")
+    sections = ("loss", "curriculum", "model", "tasks", "position_coupling")
     parts += [f"{section}.{k}={v}" for section in sections for k, v in changes.get(section, {}).items()]
     return ", ".join(parts) or "(none)"
 
@@ -263,6 +263,8 @@ def markdown(summary: dict, command: str) -> str:
         else []
     )
     sweep = ["| learning rate | baseline dev exact match (seed 0) | train time |", "|---|---|---|"]
+    if not summary["sweep"]:
+        sweep = [f"No sweep: every arm at the base recipe's learning rate, {summary['learning_rate']:g}."]
     sweep += [
         f"| {lr:g}{' (chosen)' if lr == summary['sweep_choice'] else ''} | {100 * v['dev']:.1f}% "
         f"| {v['train_seconds'] / 60:.1f} min |"
@@ -309,7 +311,9 @@ def markdown(summary: dict, command: str) -> str:
             "",
             *tokens,
             "",
-            "Baseline learning-rate sweep (chosen on the dev sets, never on test):",
+            "Baseline learning-rate sweep (chosen on the dev sets, never on test):"
+            if summary["sweep"]
+            else "Learning rate:",
             "",
             *sweep,
             "",
