@@ -348,7 +348,7 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
     # Every report names the precision and the machine its runs trained with (`bf16: auto` differs by machine).
     from cogfm_hf.hardware import describe_device, resolve_bf16
 
-    precision = "bf16" if resolve_bf16(recipes["baseline"]["training"]["bf16"]) else "fp32"
+    precision = "bf16" if resolve_bf16(recipes["baseline"]["training"].get("bf16", "auto")) else "fp32"
     assert summary["machines"] == [f"{precision} on {describe_device()}"]
     assert f"Precision and machine of the runs: {summary['machines'][0]}." in text
 
