@@ -166,7 +166,8 @@ class CogFMConfig(PreTrainedConfig):
         position_coupling: RoPE positions from the tokens instead of the sequence index, for column-by-column
             arithmetic (coupling_cogfm.py has the rule): `{"digit_token_ids": [ten ids, "0" to "9"],
             "newline_token_id": id, "stride": positions per column}`, optionally `"train_column_gap": G` (training
-            spreads each document's columns by a random gap of 1..G); None (the default) keeps Llama's positions.
+            spreads each document's columns by a random gap of 1..G) and `"back_token_id"` (the self-correction
+            marker restarts a step's places); None (the default) keeps Llama's positions.
         use_cache: return a KV cache from forward by default (generation).
 
     Example:
@@ -331,7 +332,7 @@ class CogFMConfig(PreTrainedConfig):
         coupling = self.position_coupling
         if coupling is None:
             return
-        keys, optional = ("digit_token_ids", "newline_token_id", "stride"), ("train_column_gap",)
+        keys, optional = ("digit_token_ids", "newline_token_id", "stride"), ("train_column_gap", "back_token_id")
         if not isinstance(coupling, dict) or not set(keys) <= set(coupling) <= set(keys + optional):
             raise ValueError(
                 f"CogFMConfig.position_coupling must be None or a dict with {keys} (and optionally {optional}), "
@@ -354,6 +355,14 @@ class CogFMConfig(PreTrainedConfig):
             raise ValueError(
                 "CogFMConfig.position_coupling.stride must be an integer >= 3 (positions per digit column: longer "
                 f"than a scratchpad line's tokens), got {stride!r}."
+            )
+        back = coupling.get("back_token_id")
+        if "back_token_id" in coupling and (
+            not in_vocabulary(back) or back in ids or back == coupling["newline_token_id"]
+        ):
+            raise ValueError(
+                "CogFMConfig.position_coupling.back_token_id must be the id of the self-correction marker (below "
+                f"vocab_size, not a digit or the newline), got {back!r}."
             )
         gap = coupling.get("train_column_gap", 1)
         if not isinstance(gap, int) or isinstance(gap, bool) or gap < 1:

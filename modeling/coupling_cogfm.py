@@ -16,7 +16,9 @@ operands and answer least-significant digit first, one scratchpad line per colum
 
 - a token of step line `c` (0-based, counted from the second line) gets `stride * c + slot`, `slot` being its
   index in the line, the newline that opens the line counting as 0 (the newline predicts the line's first token,
-  so it sits in the column it opens), clamped to `stride - 1`;
+  so it sits in the column it opens), clamped to `stride - 1`. With `back_token_id`, the self-correction marker
+  restarts the count as a newline does: a wrong start of a step, the marker and the step written again
+  (`4+8+1=14<|back|>4+8+1=13 write 3 carry 1.`) put the mistake and the corrected step at a clean step's places;
 - a digit of a number line gets `stride * k + r`: `k` its index within its number (its significance, the numbers
   being written least-significant digit first), `r` which number of the line it belongs to (0, 1, ...);
 - any other token of a number line gets `stride - 1`.
@@ -89,9 +91,12 @@ def coupled_position_ids(
     line_start_at = _last_position_where(line_start)
     lines_so_far = line_start.long().cumsum(-1)
     line = lines_so_far - lines_so_far.gather(-1, _last_position_where(starts))  # 0: the document's first line
-    slot = index - line_start_at
+    line_slot = index - line_start_at
     opens_with_digit = is_digit.gather(-1, (line_start_at + 1).clamp(max=input_ids.shape[-1] - 1))
-    step_line = (line > 0) & ((slot == 0) | opens_with_digit)  # a newline is in the column it opens
+    step_line = (line > 0) & ((line_slot == 0) | opens_with_digit)  # a newline is in the column it opens
+    slot = line_slot
+    if "back_token_id" in coupling:  # a step written again after a mistake takes the places of a clean step
+        slot = index - _last_position_where(line_start | (input_ids == coupling["back_token_id"]))
     column_stride = stride if column_gaps is None else stride * column_gaps
     step_ids = column_stride * (line - 1).clamp(min=0) + slot.clamp(max=stride - 1)
 

@@ -2,6 +2,7 @@
 generate() and through the lm-eval CLI, on the `order: lsd` addition format and a real tokenizer."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from cogfm_hf import CogFMConfig, CogFMForCausalLM
 from cogfm_hf.config import RecipeError
 from cogfm_hf.modeling.coupling_cogfm import coupled_position_ids, document_starts
 from cogfm_hf.paths import EVAL_TASKS_DIR
-from cogfm_hf.tasks import TASKS
+from cogfm_hf.tasks import BACK, TASKS, add_retries
 from cogfm_hf.training.recipe import TrainRecipe
 from cogfm_hf.training.run import position_coupling
 
@@ -98,6 +99,38 @@ def test_coupled_ids_of_a_packed_row_are_what_the_format_promises(tokenizer, cou
         assert {place for text, place in answer[1:] if not text.isdigit()} == {STRIDE - 1}
 
 
+def test_a_step_written_again_after_the_marker_takes_a_clean_steps_places(tokenizer, coupling):
+    """Retry data: a wrong start of a step, the marker, the step again. Without the mistakes and markers, a retried
+    document's tokens have exactly the clean document's places; a mistake has the places of a step's start."""
+    assert coupling["back_token_id"] == tokenizer.convert_tokens_to_ids(BACK)
+    task, rng = TASKS["addition_lsd"], random.Random(0)
+    for seed in range(6):
+        clean = lsd_problem(seed, 4)
+        retried = add_retries(clean, task, 0.7, rng)
+        assert retried.marker_spans
+        places = {}
+        for name, example in (("clean", clean), ("retried", retried)):
+            encoded = tokenizer(example.text, add_special_tokens=False, return_offsets_mapping=True)
+            ids = torch.tensor([encoded["input_ids"]])
+            places[name] = (encoded, coupled_position_ids(ids, coupling, document_starts(ids.shape, "cpu"))[0])
+        offset = len(retried.prompt)
+        removed = [(start + offset, end + offset) for start, end in retried.error_spans + retried.marker_spans]
+        encoded, retried_places = places["retried"]
+        kept = [
+            place
+            for (start, _), place in zip(encoded["offset_mapping"], retried_places.tolist())
+            if not any(low <= start < high for low, high in removed)
+        ]
+        assert kept == places["clean"][1].tolist()
+        for low, high in retried.error_spans:  # each mistake sits where its step's first tokens sit
+            mistake = [
+                place
+                for (start, _), place in zip(encoded["offset_mapping"], retried_places.tolist())
+                if low + offset <= start < high + offset
+            ]
+            assert [place % STRIDE for place in mistake] == list(range(1, len(mistake) + 1))
+
+
 def test_generation_places_every_token_as_a_training_forward_does(tokenizer, coupling):
     model = coupled_model(tokenizer, coupling)
     tokenizer.padding_side = "left"
@@ -134,6 +167,7 @@ def test_bad_coupling_settings_name_the_field(tmp_path):
         (dict(digit_token_ids=digits[:9], newline_token_id=5, stride=32), "ten distinct token ids"),
         (dict(digit_token_ids=digits, newline_token_id=10, stride=32), "newline_token_id"),
         (dict(digit_token_ids=digits, newline_token_id=5, stride=2), "stride must be an integer >= 3"),
+        (dict(digit_token_ids=digits, newline_token_id=5, stride=32, back_token_id=12), "back_token_id"),
     ):
         with pytest.raises(ValueError, match=f"position_coupling.*{message}|{message}"):
             CogFMConfig(vocab_size=97, position_coupling=coupling)

@@ -156,7 +156,11 @@ def position_coupling(tokenizer, stride: int, train_column_gap: int = 1) -> dict
             "model.position_coupling",
         )
     coupling = dict(digit_token_ids=[ids[d][0] for d in "0123456789"], newline_token_id=ids["\n"][0], stride=stride)
-    return coupling if train_column_gap == 1 else {**coupling, "train_column_gap": train_column_gap}
+    if train_column_gap != 1:
+        coupling["train_column_gap"] = train_column_gap
+    if BACK in tokenizer.get_vocab():  # our tokenizers all have it: retry data is written with it
+        coupling["back_token_id"] = tokenizer.convert_tokens_to_ids(BACK)
+    return coupling
 
 
 def build_model(recipe: TrainRecipe, tokenizer, seq_len: int) -> CogFMForCausalLM:
