@@ -100,7 +100,9 @@ def test_every_ablation_recipe_section_rejects_unknown_keys_and_wrong_types(tmp_
         load_ablation(tmp_path / "ablation.yaml")
 
 
-@pytest.mark.parametrize("name", ["cogfm-tiny.yaml", "lora-tiny.yaml", "ablation-base.yaml"])
+@pytest.mark.parametrize(
+    "name", ["cogfm-tiny.yaml", "lora-tiny.yaml", "ablation-base.yaml", "generalisation-base.yaml"]
+)
 def test_shipped_recipes_round_trip_through_plain_data(name):
     recipe = TrainRecipe.load(RECIPES / name)
     plain = recipe.to_dict()
@@ -223,6 +225,6 @@ def test_experiment_recipes_pin_their_precision():
     numbers would depend on the machine."""
     experiments = [yaml.safe_load(path.read_text()) for path in RECIPES.glob("*.yaml")]
     bases = {experiment["base"] for experiment in experiments if "base" in experiment}
-    assert bases >= {"ablation-base.yaml", "mixers-chains-base.yaml"}
+    assert bases >= {"ablation-base.yaml", "mixers-chains-base.yaml", "generalisation-base.yaml"}
     for base in bases:
         assert yaml.safe_load((RECIPES / base).read_text())["training"]["bf16"] in (True, False), base
