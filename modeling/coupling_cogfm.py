@@ -36,12 +36,10 @@ training document spreads its columns by a random gap of 1..G (column c at `stri
 nothing moves), so training shows distances up to G times longer, in the spirit of randomised positions (Ruoss et
 al. 2023); evaluation and generation always use gap 1.
 
-This file is copied into every checkpoint of a model that uses it; it imports only torch.
+This file is copied into every checkpoint (modeling_cogfm.py imports it); it imports only torch.
 """
 
 import torch
-
-COUPLING_KEYS = ("digit_token_ids", "newline_token_id", "stride")
 
 
 def document_starts(

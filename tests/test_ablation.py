@@ -11,7 +11,13 @@ import pytest
 import yaml
 
 from cogfm_hf.config import RecipeError
-from cogfm_hf.experiments.ablation import arm_recipe, load_ablation, merged_changes
+from cogfm_hf.experiments.ablation import (
+    arm_recipe,
+    filed_under_recipe_names,
+    load_ablation,
+    merged_changes,
+    renamed_task,
+)
 from cogfm_hf.experiments.ablation import main as ablate_main
 from cogfm_hf.experiments.ablation_report import markdown, paired_bootstrap, summarise, tokens_to_target
 from cogfm_hf.paths import REPOSITORY
@@ -114,6 +120,50 @@ def test_architecture_arms_change_only_the_model_and_keep_parameters_within_3_pe
         counts[arm] = count_parameters(CogFMConfig.from_preset(model["preset"], **model["overrides"]))
     assert set(counts) == {"baseline", "canon", "hybrid"}
     assert all(abs(count / counts["baseline"] - 1) < 0.03 for count in counts.values()), counts
+
+
+def test_format_arms_change_only_the_task_and_its_evaluation_and_file_results_under_the_recipes_names(tmp_path):
+    config, base = load_ablation(ABLATION_RECIPE.parent / "generalisation.yaml")
+
+    def resolve(arm):
+        return arm_recipe(
+            base,
+            merged_changes(config, arm, {}),
+            seed=0,
+            learning_rate=base["training"]["learning_rate"],
+            run_dir=tmp_path / arm,
+            data_root=tmp_path / "data",
+            tokenizer_dir=tmp_path / "tok",
+        )
+
+    baseline, reversed_, coupled = resolve("baseline"), resolve("reversed"), resolve("coupled_gaps")
+    in_loop = {f"eval.tasks.{i}" for i in range(len(base["eval"]["tasks"]))}
+    assert differing(reversed_, baseline) - ALWAYS == {"data.sources.0.mixture.0.task"} | in_loop
+    assert reversed_["data"]["sources"][0]["mixture"][0]["task"] == "addition_lsd"
+    assert reversed_["eval"]["tasks"] == [t.replace("addition_", "addition_lsd_") for t in base["eval"]["tasks"]]
+    assert differing(coupled, reversed_) - ALWAYS == {
+        "model.position_coupling.stride",
+        "model.position_coupling.train_column_gap",
+    }
+    assert coupled["data"] == reversed_["data"]  # the coupled arms share the reversed arm's data
+
+    tasks = {"addition": "addition_lsd"}
+    assert renamed_task("cogfm_addition_digits8_dev", tasks) == "cogfm_addition_lsd_digits8_dev"
+    assert renamed_task("cogfm_chains_op2", tasks) == "cogfm_chains_op2"
+    evaluation = {
+        "test": {"cogfm_addition_lsd_digits8": {"task": "addition_lsd", "difficulty": 8, "correct": [1]}},
+        "dev": {},
+        "self_correction": {"cogfm_addition_lsd_self_correction": {"marker_rate": 1.0}},
+    }
+    recipe_name = {
+        "cogfm_addition_lsd_digits8": "cogfm_addition_digits8",
+        "cogfm_addition_lsd_self_correction": "cogfm_addition_self_correction",
+    }
+    assert filed_under_recipe_names(evaluation, recipe_name, tasks) == {
+        "test": {"cogfm_addition_digits8": {"task": "addition", "difficulty": 8, "correct": [1]}},
+        "dev": {},
+        "self_correction": {"cogfm_addition_self_correction": {"marker_rate": 1.0}},
+    }
 
 
 def test_bad_ablation_recipes_name_the_field(tmp_path):

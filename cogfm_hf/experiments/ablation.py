@@ -36,6 +36,7 @@ import yaml
 from ..config import Config, RecipeError, apply_overrides, parse_overrides
 from ..console import exit_with
 from ..data.recipe import DataRecipe
+from ..tasks import get_task
 from ..training.loss import LossConfig
 from ..training.recipe import CurriculumConfig, TrainRecipe
 from .ablation_report import write_report
@@ -69,8 +70,6 @@ class Arm(Config):
     position_coupling: dict[str, Any] | None = None  # the training recipe's model.position_coupling
 
     def validate(self) -> None:
-        from ..tasks import get_task
-
         LossConfig.from_dict(self.loss, "loss")
         CurriculumConfig.from_dict(self.curriculum, "curriculum")
         for old, new in self.tasks.items():
@@ -176,6 +175,21 @@ def renamed_task(lm_eval_task: str, tasks: dict[str, str]) -> str:
         if lm_eval_task.startswith(f"cogfm_{old}_"):
             return f"cogfm_{new}_" + lm_eval_task[len(f"cogfm_{old}_") :]
     return lm_eval_task
+
+
+def filed_under_recipe_names(evaluation: dict, recipe_name: dict[str, str], tasks: dict[str, str]) -> dict:
+    """An arm's evaluation in its own format, filed under the recipe's task names (and generators), so that arms in
+    different formats compare bucket by bucket."""
+    generator = {new: old for old, new in tasks.items()}
+    return {
+        split: {
+            recipe_name[task]: {**result, "task": generator.get(result["task"], result["task"])}
+            if "task" in result  # test and dev sets; self-correction results are scores only
+            else result
+            for task, result in results.items()
+        }
+        for split, results in evaluation.items()
+    }
 
 
 # -- resolving arms into training recipes -----------------------------------------------------------
@@ -319,28 +333,16 @@ class Ablation:
         train_seconds = train_run(recipe, run_dir)
         start = time.perf_counter()
         tasks = changes.get("tasks", {})
-        # The arm's own format of every test and dev set, filed under the recipe's names.
-        recipe_name = {
-            renamed_task(task, tasks): task
-            for task in self.config.test_tasks + self.config.self_correction_tasks + self.config.dev_tasks
-        }
+        recipe_tasks = self.config.test_tasks + self.config.self_correction_tasks
         evaluation = evaluate_checkpoint(
             run_dir,
-            [renamed_task(task, tasks) for task in self.config.test_tasks + self.config.self_correction_tasks],
+            [renamed_task(task, tasks) for task in recipe_tasks],
             [renamed_task(task, tasks) for task in self.config.dev_tasks],
             self.config.test_limit,
             self.config.eval_batch_size,
         )
-        generator = {new: old for old, new in tasks.items()}
-        evaluation = {
-            split: {
-                recipe_name[task]: {**result, "task": generator.get(result["task"], result["task"])}
-                if "task" in result
-                else result
-                for task, result in results.items()
-            }
-            for split, results in evaluation.items()
-        }
+        recipe_name = {renamed_task(task, tasks): task for task in recipe_tasks + self.config.dev_tasks}
+        evaluation = filed_under_recipe_names(evaluation, recipe_name, tasks)
         summary = json.loads((run_dir / "training_summary.json").read_text())
         state = json.loads((run_dir / "trainer_state.json").read_text())
         training = recipe["training"]
@@ -360,7 +362,7 @@ class Ablation:
             * training["per_device_train_batch_size"]
             * training.get("gradient_accumulation_steps", 1)
             * recipe["data"]["pack"]["seq_len"],
-            "curve": [
+            "curve": [  # in-loop tasks too, under the recipe's names
                 {**point, "exact_match": {recipe_name.get(t, t): v for t, v in point["exact_match"].items()}}
                 for point in learning_curve(state["log_history"])
             ],
