@@ -54,21 +54,26 @@ def expected_fields(changes: dict) -> set[str]:
     return fields
 
 
+def resolved(config, base, arm, tmp_path, choices=None, seed=0, learning_rate=None) -> dict:
+    """An arm's full training recipe, as the runner resolves it."""
+    return arm_recipe(
+        base,
+        merged_changes(config, arm, choices or {}),
+        seed=seed,
+        learning_rate=learning_rate or base["training"]["learning_rate"],
+        run_dir=tmp_path / arm,
+        data_root=tmp_path / "data",
+        tokenizer_dir=tmp_path / "tok",
+    )
+
+
 def test_every_arm_of_the_recipe_differs_from_the_baseline_only_where_it_says(tmp_path):
     config, base = load_ablation(ABLATION_RECIPE)
     # Selections are decided on dev scores during a run; any choice must keep arms apart the same way.
     choices = {name: candidates[-1] for name, candidates in config.select.items()}
 
     def resolve(arm, seed=0):
-        return arm_recipe(
-            base,
-            merged_changes(config, arm, choices),
-            seed=seed,
-            learning_rate=2 * base["training"]["learning_rate"],
-            run_dir=tmp_path / arm,
-            data_root=tmp_path / "data",
-            tokenizer_dir=tmp_path / "tok",
-        )
+        return resolved(config, base, arm, tmp_path, choices, seed, 2 * base["training"]["learning_rate"])
 
     baseline = resolve("baseline")
     assert differing(baseline, base) == {
@@ -99,18 +104,7 @@ def test_architecture_arms_change_only_the_model_and_keep_parameters_within_3_pe
     from cogfm_hf.presets import count_parameters
 
     config, base = load_ablation(ABLATION_RECIPE.parent / name)
-    recipes = {
-        arm: arm_recipe(
-            base,
-            merged_changes(config, arm, {}),
-            seed=0,
-            learning_rate=base["training"]["learning_rate"],
-            run_dir=tmp_path / arm,
-            data_root=tmp_path / "data",
-            tokenizer_dir=tmp_path / "tok",
-        )
-        for arm in config.arms
-    }
+    recipes = {arm: resolved(config, base, arm, tmp_path) for arm in config.arms}
     counts = {}
     for arm, recipe in recipes.items():
         changes = merged_changes(config, arm, {})
@@ -125,18 +119,9 @@ def test_architecture_arms_change_only_the_model_and_keep_parameters_within_3_pe
 def test_format_arms_change_only_the_task_and_its_evaluation_and_file_results_under_the_recipes_names(tmp_path):
     config, base = load_ablation(ABLATION_RECIPE.parent / "generalisation.yaml")
 
-    def resolve(arm):
-        return arm_recipe(
-            base,
-            merged_changes(config, arm, {}),
-            seed=0,
-            learning_rate=base["training"]["learning_rate"],
-            run_dir=tmp_path / arm,
-            data_root=tmp_path / "data",
-            tokenizer_dir=tmp_path / "tok",
-        )
-
-    baseline, reversed_, coupled = resolve("baseline"), resolve("reversed"), resolve("coupled_gaps")
+    baseline, reversed_, coupled = (
+        resolved(config, base, arm, tmp_path) for arm in ("baseline", "reversed", "coupled_gaps")
+    )
     in_loop = {f"eval.tasks.{i}" for i in range(len(base["eval"]["tasks"]))}
     assert differing(reversed_, baseline) - ALWAYS == {"data.sources.0.mixture.0.task"} | in_loop
     assert reversed_["data"]["sources"][0]["mixture"][0]["task"] == "addition_lsd"
