@@ -79,7 +79,7 @@ def test_pretraining_loss_falls_and_every_checkpoint_is_hub_ready(pretrained, tm
     torch.testing.assert_close(logits_without_the_package(checkpoint, ids, tmp_path), expected, rtol=0, atol=0)
 
 
-def _trainer(data_dir, output, callbacks=(), compile=False, **arguments):
+def _trainer(data_dir, output, callbacks=(), compile=False, averaging=None, **arguments):
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
     dataset = load_packed(data_dir / "packed")
     recipe = TrainRecipe.from_dict(tiny_recipe(data_dir, output))
@@ -112,6 +112,7 @@ def _trainer(data_dir, output, callbacks=(), compile=False, **arguments):
         newline_ids=newline_token_ids(tokenizer),
         callbacks=list(callbacks),
         compile=compile,
+        averaging=averaging,
     )
 
 

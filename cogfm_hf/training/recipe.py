@@ -5,6 +5,7 @@
     training:   transformers TrainingArguments fields (output_dir, max_steps, learning_rate, seed, ...)
     curriculum: CurriculumSampler settings           loss: LossConfig
     guard:      skipped-update guard                 eval: lm-eval tasks in the loop and at the end
+    averaging:  the final model as the average of the last checkpoints' weights
     lora:       peft LoRA settings (training/finetune_lora.py)
     peak_tflops: the peak MFU is measured against (null: the GPU's datasheet value, or a measured CPU GEMM)
     cpu_threads: torch threads per process on CPU (null: this machine's cores / processes on it)
@@ -93,6 +94,26 @@ class GuardConfig(Config):
 
 
 @dataclass
+class AveragingConfig(Config):
+    """End training with the uniform average of the model's weights at `checkpoints` steps: the last one and those
+    `every_steps` apart before it (cogfm_hf.training.averaging). What arXiv 2511.18903 puts in place of (or beside
+    a moderate) learning-rate decay, so a curriculum's last, hardest data is not trained on at a vanishing rate."""
+
+    section: ClassVar[str] = "averaging"
+
+    checkpoints: int = 0  # how many weights are averaged; 0: off (the final model is the last step's)
+    every_steps: int = 0  # the steps between them
+
+    def validate(self) -> None:
+        if self.checkpoints < 0 or self.checkpoints == 1:
+            raise self.invalid("checkpoints", f"must be 0 (off) or >= 2, got {self.checkpoints}")
+        if self.checkpoints and self.every_steps < 1:
+            raise self.invalid("every_steps", f"must be >= 1 when checkpoints are averaged, got {self.every_steps}")
+        if not self.checkpoints and self.every_steps:
+            raise self.invalid("every_steps", "is used only when `checkpoints` >= 2 are averaged: set both or neither")
+
+
+@dataclass
 class ModelConfig(Config):
     section: ClassVar[str] = "model"
 
@@ -161,6 +182,7 @@ class TrainRecipe(Config):
     loss: LossConfig = field(default_factory=LossConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    averaging: AveragingConfig = field(default_factory=AveragingConfig)
     lora: LoraSection = field(default_factory=LoraSection)
     peak_tflops: float | None = None
     cpu_threads: int | None = None
@@ -203,6 +225,15 @@ class TrainRecipe(Config):
                 f"must be > 0 (or -1: num_train_epochs decides), got {self.training['max_steps']}",
             )
         self._check_model_fits_data()
+        if self.averaging.checkpoints:
+            window = (self.averaging.checkpoints - 1) * self.averaging.every_steps
+            if self.training.get("max_steps", -1) <= window:
+                raise self.invalid(
+                    "averaging",
+                    f"averages the weights at the last {self.averaging.checkpoints} multiples of "
+                    f"{self.averaging.every_steps} steps up to training.max_steps, which must then be > {window} "
+                    f"(got {self.training.get('max_steps', -1)})",
+                )
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise self.invalid("peak_tflops", f"must be > 0 or null, got {self.peak_tflops}")
         if self.cpu_threads is not None and self.cpu_threads < 1:

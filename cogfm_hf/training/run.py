@@ -236,6 +236,7 @@ def make_trainer(recipe: TrainRecipe, model, setup: RunSetup) -> CogFMTrainer:
         peak_flops=peak or None,
         checkpoint_files={RECIPE_FILE: recipe_text(recipe.to_dict())},
         compile=compile,
+        averaging=recipe.averaging,
     )
 
 

@@ -13,11 +13,13 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from ..config import RecipeError
 from ..data.pack import TASK_VOCAB
+from .averaging import WeightAveraging
 from .checkpoints import STAGING, SaveOnSigterm, explain_save_error, publish
 from .guard import SkipStepOptimizer
 from .loss import LossConfig, self_correction_loss, token_weights
-from .recipe import CurriculumConfig, GuardConfig
+from .recipe import AveragingConfig, CurriculumConfig, GuardConfig
 from .sampler import CurriculumSampler
 
 MAX_LOGGED_DIFFICULTY = 16
@@ -79,6 +81,7 @@ class CogFMTrainer(Trainer):
         peak_flops: float | None = None,
         checkpoint_files: dict[str, str] | None = None,
         compile: bool = False,
+        averaging: AveragingConfig | None = None,
         **kwargs,
     ):
         kwargs.setdefault("data_collator", collate_packed)
@@ -103,6 +106,15 @@ class CogFMTrainer(Trainer):
         self._last_log_time: float | None = None
         self._skips_logged = 0
         self.checkpoint_files = dict(checkpoint_files or {})  # name -> text, written into every checkpoint
+        self.weight_averaging: WeightAveraging | None = None
+        if averaging is not None and averaging.checkpoints:
+            if self.is_fsdp_enabled:
+                raise RecipeError(
+                    "weight averaging reads whole parameters, which FSDP shards: train without `averaging` under FSDP",
+                    "averaging",
+                )
+            self.weight_averaging = WeightAveraging(averaging, self.args.max_steps)
+            self.add_callback(self.weight_averaging)  # first: the final evaluation sees the averaged weights
         self.preemption = SaveOnSigterm(reduce_sum=self._sum_over_processes if self.args.world_size > 1 else None)
         self.add_callback(self.preemption)
         self.add_callback(ReportSkippedUpdates(self))
@@ -116,6 +128,8 @@ class CogFMTrainer(Trainer):
         state_file = Path(checkpoint) / GUARD_STATE_FILE if checkpoint else None
         if state_file is not None and state_file.exists() and self.update_guard is not None:
             self.update_guard.load_guard_state(json.loads(state_file.read_text()))
+        if checkpoint and self.weight_averaging is not None:
+            self.weight_averaging.load(Path(checkpoint))
 
     def _sum_over_processes(self, value: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(value.to(self.args.device), reduction="sum").cpu()
@@ -139,6 +153,8 @@ class CogFMTrainer(Trainer):
                     (staged / file_name).write_text(text)
                 if self.update_guard is not None:
                     (staged / GUARD_STATE_FILE).write_text(json.dumps(self.update_guard.guard_state()))
+                if self.weight_averaging is not None:
+                    self.weight_averaging.save(staged)
         except OSError as error:
             raise explain_save_error(error, staged) from error
         finally:
