@@ -11,15 +11,15 @@ import pytest
 import yaml
 
 from cogfm_hf.config import RecipeError
-from cogfm_hf.experiments.ablation import (
+from cogfm_hf.experiments.ablation import main as ablate_main
+from cogfm_hf.experiments.ablation_report import markdown, paired_bootstrap, summarise, tokens_to_target
+from cogfm_hf.experiments.arms import (
     arm_recipe,
     filed_under_recipe_names,
     load_ablation,
     merged_changes,
     renamed_task,
 )
-from cogfm_hf.experiments.ablation import main as ablate_main
-from cogfm_hf.experiments.ablation_report import markdown, paired_bootstrap, summarise, tokens_to_target
 from cogfm_hf.paths import REPOSITORY
 
 from .conftest import tiny_recipe, write_recipe
@@ -51,6 +51,8 @@ def expected_fields(changes: dict) -> set[str]:
     fields |= {f"loss.{k}" for k in changes.get("loss", {})}
     fields |= {f"curriculum.{k}" for k in changes.get("curriculum", {})}
     fields |= {f"model.overrides.{k}" for k in flatten(changes.get("model", {}))}
+    fields |= {f"training.{k}" for k in flatten(changes.get("schedule", {}))}
+    fields |= {f"averaging.{k}" for k in changes.get("averaging", {})}
     return fields
 
 

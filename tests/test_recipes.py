@@ -10,7 +10,7 @@ import yaml
 
 from cogfm_hf import CogFMConfig
 from cogfm_hf.config import RecipeError
-from cogfm_hf.experiments.ablation import load_ablation
+from cogfm_hf.experiments.arms import load_ablation
 from cogfm_hf.paths import REPOSITORY
 from cogfm_hf.training.loss import LossConfig
 from cogfm_hf.training.recipe import TrainRecipe

@@ -3,7 +3,8 @@
 - `runs`: one run of a recipe variant (its own process), scored item by item with lm-eval; resumable records.
 - `selection`: choices made from runs on the dev sets (learning-rate sweeps, best-of-arms), never on test.
 - `stats`: means over seeds and paired bootstrap intervals; `plots`: the reports' figures.
-- `ablation`, `ablation_report`: the curriculum / self-correction ablation (`training/ablate.py`).
+- `arms`: an ablation recipe and its arms, each resolved into one run's training recipe.
+- `ablation`, `ablation_report`: the runner of ablation recipes (`training/ablate.py`) and its report.
 
 This package sits above `cogfm_hf.training` and is imported by nothing below it.
 """

@@ -182,7 +182,7 @@ def _tokens(reached: list) -> str:
 
 def _changes(changes: dict) -> str:
     parts = [f"{k}={v}" for k, v in changes.items() if not isinstance(v, dict)]
-    sections = ("loss", "curriculum", "model", "tasks", "position_coupling")
+    sections = ("loss", "curriculum", "model", "tasks", "position_coupling", "schedule", "averaging")
     parts += [f"{section}.{k}={v}" for section in sections for k, v in changes.get(section, {}).items()]
     return ", ".join(parts) or "(none)"
 

@@ -1,5 +1,7 @@
 """python -m cogfm_hf.tasks export [--out DIR] [--per-set N] [--check]
-python -m cogfm_hf.tasks sample TASK [--n 3] [--seed 0] [--retry-p 0.3] [--knob op=6 ...]"""
+python -m cogfm_hf.tasks sample TASK [--n 3] [--seed 0] [--retry-p 0.3] [--retry-variant on_policy --retry-model DIR]
+    [--knob op=6 ...]
+python -m cogfm_hf.tasks mistake-kinds TASK --retry-model DIR [--n 200] [--seed 0] [--knob digits=(1,4) ...]"""
 
 import argparse
 import ast
@@ -10,6 +12,7 @@ from pathlib import Path
 from ..paths import EVAL_TASKS_DIR
 from . import TASKS, add_retries, get_task
 from .export import export, stale_files
+from .retry import VARIANTS
 
 
 def parse_knob(text: str):
@@ -35,8 +38,17 @@ def main(argv=None):
     sample_parser.add_argument("--seed", type=int, default=0)
     sample_parser.add_argument("--split", choices=["train", "heldout"], default="train")
     sample_parser.add_argument("--retry-p", type=float, default=0.0)
-    sample_parser.add_argument("--retry-variant", choices=["real", "weak"], default="real")
+    sample_parser.add_argument("--retry-variant", choices=VARIANTS, default="real")
+    sample_parser.add_argument("--retry-model", type=Path, help="the checkpoint whose own mistakes on_policy writes")
     sample_parser.add_argument("--knob", action="append", default=[], type=parse_knob, metavar="NAME=VALUE")
+    kinds_parser = commands.add_parser(
+        "mistake-kinds", help="where a model's own mistakes leave the right step, beside the rule-made ones"
+    )
+    kinds_parser.add_argument("task", choices=sorted(TASKS))
+    kinds_parser.add_argument("--retry-model", type=Path, required=True, help="the checkpoint whose mistakes to draw")
+    kinds_parser.add_argument("--n", type=int, default=200, help="training problems (one random step of each)")
+    kinds_parser.add_argument("--seed", type=int, default=0)
+    kinds_parser.add_argument("--knob", action="append", default=[], type=parse_knob, metavar="NAME=VALUE")
     args = parser.parse_args(argv)
 
     if args.command == "export":
@@ -53,13 +65,34 @@ def main(argv=None):
         print(f"wrote {len(written)} files to {args.out}")
         return
 
+    if args.command == "mistake-kinds":
+        from .on_policy import ModelMistakes, mistake_kinds
+
+        task, knobs = get_task(args.task), dict(args.knob)
+        drawn = {
+            "on_policy": mistake_kinds(task, ModelMistakes(args.retry_model).mistake, args.n, args.seed, knobs),
+            "real": mistake_kinds(task, task.mistake, args.n, args.seed, knobs),
+        }
+        print(f"where {args.n} mistakes leave the right step ({args.task}, seed {args.seed}, knobs {knobs}):")
+        for variant, kinds in drawn.items():
+            shares = ", ".join(f"{kind} {100 * count / args.n:.0f}%" for kind, count in kinds.most_common())
+            print(f"  {variant}: {shares}")
+        return
+
+    if (args.retry_variant == "on_policy") != (args.retry_model is not None):
+        parser.error("--retry-model is the checkpoint --retry-variant on_policy draws from: give both or neither")
+    model_mistakes = None
+    if args.retry_model is not None:
+        from .on_policy import ModelMistakes
+
+        model_mistakes = ModelMistakes(args.retry_model)
     task = get_task(args.task)
     generator = task.generate(args.seed, args.split, **dict(args.knob))
     rng = random.Random(args.seed)
     for _ in range(args.n):
         example = next(generator)
         if args.retry_p:
-            example = add_retries(example, task, args.retry_p, rng, args.retry_variant)
+            example = add_retries(example, task, args.retry_p, rng, args.retry_variant, model_mistakes)
         print(f"# difficulty {example.difficulty}, template {example.template_id}\n{example.text}")
 
 

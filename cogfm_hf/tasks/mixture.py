@@ -14,6 +14,7 @@ from datasets import Dataset, Features, Sequence, Value
 
 from ..config import Config
 from .base import Example, seeded_rng
+from .on_policy import ModelMistakes
 from .retry import add_retries, check_retry
 
 
@@ -28,6 +29,7 @@ class MixtureComponent(Config):
     difficulty: int | tuple[int, int] | None = None
     retry_p: float = 0.0
     retry_variant: str = "real"
+    retry_model: str | None = None  # the on_policy variant's checkpoint, whose own mistakes it writes
     knobs: dict = field(default_factory=dict)
 
 
@@ -65,6 +67,13 @@ class Mixture:
                 if not component.weight > 0:
                     raise ValueError(f"weight must be > 0, got {component.weight!r}")
                 check_retry(component.retry_p, component.retry_variant)
+                if (component.retry_variant == "on_policy") != (component.retry_model is not None):
+                    raise ValueError(
+                        "retry_model (a checkpoint folder) is what retry_variant on_policy draws its mistakes from: "
+                        f"give both or neither (got retry_variant {component.retry_variant!r}, "
+                        f"retry_model {component.retry_model!r})"
+                    )
+                model_mistakes = ModelMistakes(component.retry_model) if component.retry_model else None
                 difficulty = (
                     component.difficulty
                     if component.difficulty is not None
@@ -76,13 +85,13 @@ class Mixture:
             except ValueError as error:
                 raise ValueError(f"{where}: {error}") from None
             self.components.append(component)
-            self._resolved.append((task, knobs))
+            self._resolved.append((task, knobs, model_mistakes))
         self.weights = [c.weight for c in self.components]
 
     def difficulty_ranges(self) -> dict[str, tuple[int, int]]:
         """The difficulty range each task is trained on (the union over its components)."""
         ranges: dict[str, tuple[int, int]] = {}
-        for task, knobs in self._resolved:
+        for task, knobs, _ in self._resolved:
             low, high = knobs[task.difficulty_knob]
             old = ranges.get(task.name, (low, high))
             ranges[task.name] = (min(low, old[0]), max(high, old[1]))
@@ -91,10 +100,10 @@ class Mixture:
     def example(self, index: int) -> Example:
         rng = seeded_rng("mixture", self.seed, index)
         choice = rng.choices(range(len(self.components)), weights=self.weights)[0]
-        component, (task, knobs) = self.components[choice], self._resolved[choice]
+        component, (task, knobs, model_mistakes) = self.components[choice], self._resolved[choice]
         example = task.sample_split(rng, "train", knobs)
         if component.retry_p > 0:
-            example = add_retries(example, task, component.retry_p, rng, component.retry_variant)
+            example = add_retries(example, task, component.retry_p, rng, component.retry_variant, model_mistakes)
         return example
 
     def __iter__(self) -> Iterator[Example]:

@@ -5,8 +5,10 @@ BACK marker, then go on; this repeats (a second mistake before the same step has
 ...). The *real* variant asks the task for a realistic mistake (a variable not computable yet, a
 wrong digit, an unsupported conclusion, a wrong traced value); the *weak* variant writes the head of
 a later step instead (cheap to make, and in Part 2.2 only useful at small p), so the last step of a
-solution never gets a weak mistake. Every mistake and marker is recorded as a character span, and
-deleting all spans gives back the clean solution exactly.
+solution never gets a weak mistake. The *on_policy* variant draws the mistake from a trained
+model's own distribution (`on_policy.ModelMistakes`: the model's wrong start of that step, given that
+it errs). Every mistake and marker is recorded as a character span, and deleting all spans gives back
+the clean solution exactly.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import random
 from .answers import ANSWER_PREFIX, BACK
 from .base import Example, ReasoningTask
 
-VARIANTS = ("real", "weak")
+VARIANTS = ("real", "weak", "on_policy")
 
 
 def check_retry(p: float, variant: str) -> None:
@@ -32,9 +34,19 @@ def weak_mistake(example: Example, step_index: int, rng: random.Random, task: Re
     return task.head_of(example, rng.choice(later)) if later else None
 
 
-def add_retries(example: Example, task: ReasoningTask, p: float, rng: random.Random, variant: str = "real") -> Example:
-    """A copy of `example` whose solution carries retry mistakes (see the module docstring)."""
+def add_retries(
+    example: Example, task: ReasoningTask, p: float, rng: random.Random, variant: str = "real", model_mistakes=None
+) -> Example:
+    """A copy of `example` whose solution carries retry mistakes (see the module docstring); the on_policy variant
+    draws them from `model_mistakes` (an `on_policy.ModelMistakes`)."""
     check_retry(p, variant)
+    if (variant == "on_policy") != (model_mistakes is not None):
+        raise ValueError("retry: the on_policy variant, and only it, draws its mistakes from a model: give both")
+    draw_mistake = {
+        "real": task.mistake,
+        "weak": lambda example, index, rng: weak_mistake(example, index, rng, task),
+        "on_policy": model_mistakes.mistake if model_mistakes is not None else None,
+    }[variant]
     pieces: list[str] = []
     error_spans: list[tuple[int, int]] = []
     marker_spans: list[tuple[int, int]] = []
@@ -49,7 +61,7 @@ def add_retries(example: Example, task: ReasoningTask, p: float, rng: random.Ran
 
     for index, step in enumerate(example.steps):
         while p > 0 and rng.random() < p:
-            wrong = task.mistake(example, index, rng) if variant == "real" else weak_mistake(example, index, rng, task)
+            wrong = draw_mistake(example, index, rng)
             if not wrong:
                 break
             write(wrong, error_spans)
