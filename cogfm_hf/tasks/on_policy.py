@@ -30,20 +30,27 @@ class ModelMistakes:
     """Mistakes drawn from the model saved at `checkpoint` (a CogFM checkpoint with its tokenizer)."""
 
     def __init__(self, checkpoint: str | Path):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        import cogfm_hf  # noqa: F401  (registers CogFM with the Auto classes)
-
         checkpoint = Path(checkpoint)
         if not (checkpoint / "config.json").is_file() or not (checkpoint / "tokenizer.json").is_file():
             raise ValueError(
                 f"retry_model {checkpoint}: not a checkpoint with its tokenizer (config.json and tokenizer.json); "
                 "give the folder of a saved CogFM run"
             )
+        self.checkpoint = checkpoint
+        self.model = None  # loaded on the first mistake: a recipe's validation builds mixtures without drawing
+        self._cached: tuple[str, object, list] | None = None
+
+    def _load(self) -> None:
+        if self.model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        import cogfm_hf  # noqa: F401  (registers CogFM with the Auto classes)
+
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint)
+        self.model = AutoModelForCausalLM.from_pretrained(self.checkpoint, dtype=torch.float32).eval()
         vocabulary = len(self.tokenizer)
         self.token_text = [self.tokenizer.decode([i]) for i in range(vocabulary)]
         self.ids_of_text: dict[str, list[int]] = {}
@@ -53,10 +60,10 @@ class ModelMistakes:
         never = set(self.tokenizer.all_special_ids) | {self.tokenizer.convert_tokens_to_ids("<|back|>")}
         self.allowed = torch.ones(vocabulary, dtype=torch.bool)
         self.allowed[sorted(never)] = False
-        self._cached: tuple[str, object, list] | None = None
 
     def _forward(self, example: Example):
         """Next-token probabilities over the clean text and each token's character offsets (cached per example)."""
+        self._load()
         text = example.prompt + example.clean_solution()
         if self._cached is None or self._cached[0] != text:
             encoded = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
@@ -69,6 +76,7 @@ class ModelMistakes:
 
     def keeps_to(self, remaining: str) -> list[int]:
         """The tokens whose text is a prefix of `remaining` (writing one of them has not left the right text)."""
+        self._load()
         return [i for n in range(1, self.longest_token + 1) for i in self.ids_of_text.get(remaining[:n], [])]
 
     def mistake(self, example: Example, step_index: int, rng) -> str | None:
