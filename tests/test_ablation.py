@@ -12,7 +12,13 @@ import yaml
 
 from cogfm_hf.config import RecipeError
 from cogfm_hf.experiments.ablation import main as ablate_main
-from cogfm_hf.experiments.ablation_report import markdown, paired_bootstrap, summarise, tokens_to_target
+from cogfm_hf.experiments.ablation_report import (
+    headroom_tasks,
+    markdown,
+    paired_bootstrap,
+    summarise,
+    tokens_to_target,
+)
 from cogfm_hf.experiments.arms import (
     arm_recipe,
     filed_under_recipe_names,
@@ -249,6 +255,34 @@ def test_the_report_compares_an_arm_with_its_control_as_with_the_baseline():
         s: {"cogfm_addition_digits3": 1.0, "cogfm_addition_digits5": 0.0} for s in (0, 1, 2)
     }
     assert "| retry_p0.1, 2 | 50.0 | 0.0 |" in text
+
+
+def test_ood_with_headroom_is_where_the_baselines_dev_accuracy_leaves_room_and_it_is_compared_there():
+    def run(arm, seed, by_digits):
+        test = {f"t{d}": {"task": "addition", "difficulty": d, "correct": c} for d, c in by_digits.items()}
+        dev = {f"t{d}_dev": {"task": "addition", "difficulty": d, "correct": c} for d, c in by_digits.items()}
+        return {"seed": seed, "test": test, "dev": dev}
+
+    baseline = [
+        run("baseline", 0, {8: [1] * 96 + [0] * 4, 12: [1] * 70 + [0] * 30, 16: [1] * 3 + [0] * 97}),
+        run("baseline", 1, {8: [1] * 98 + [0] * 2, 12: [1] * 60 + [0] * 40, 16: [1] * 8 + [0] * 92}),
+    ]
+    # 8 digits: 97% on dev, no room; 12: 65%; 16: 5.5%, just inside (HEADROOM is 5-95%)
+    assert headroom_tasks(baseline, ["t8", "t12", "t16"]) == ["t12", "t16"]
+    assert headroom_tasks(baseline[:1], ["t8", "t12", "t16"]) == ["t12"]  # 16 digits: 3% on seed 0 alone
+    assert headroom_tasks([], ["t8"]) == []
+
+    config, base = load_ablation(ABLATION_RECIPE)
+    lr = base["training"]["learning_rate"]
+    records = [_run_record(arm, seed, lr, [1, 0] * 50) for arm in ("baseline", "retry_p0.1") for seed in (0, 1)]
+    for record in records:  # the OOD bucket: the baseline 50% on dev, the retry arm right on every test item
+        record["dev"] = {"cogfm_addition_digits5_dev": {"difficulty": 5, "correct": [1, 0] * 50}}
+        if record["arm"] == "retry_p0.1":
+            record["test"]["cogfm_addition_digits5"]["correct"] = [1] * 100
+    summary = summarise(config, base, records)
+    assert summary["headroom_tasks"] == ["cogfm_addition_digits5"]
+    assert summary["arms"]["retry_p0.1"]["headroom_vs_baseline"][0] == pytest.approx(1.0)
+    assert "OOD with headroom (the baseline's dev accuracy within 5-95%" in markdown(summary, "x")
 
 
 def test_a_control_named_by_a_selection_is_the_arm_the_selection_chose():

@@ -7,6 +7,9 @@ checkpoint (test and dev sets), its in-loop learning curve and its training summ
   recipe's training range for that task.
 - Mean ± std over seeds, and arm minus baseline (or minus its control) by a paired bootstrap over test items:
   see cogfm_hf.experiments.stats.
+- OOD with headroom: the OOD test tasks on which the baseline's dev accuracy (mean over its seeds) lies within
+  HEADROOM, where an arm can gain or lose; at 0 or 100 every arm ties and an OOD mean over such buckets only
+  dilutes a difference. Chosen on the dev sets, never on test.
 - Tokens to target: the non-padding tokens at the first in-loop evaluation whose in-distribution
   accuracy reaches `target` (resolution: the evaluation cadence).
 """
@@ -32,6 +35,19 @@ def split_tasks(records: list[dict], tops: dict[str, int]) -> dict[str, str]:
         for record in records
         for name, result in record["test"].items()
     }
+
+
+HEADROOM = (0.05, 0.95)
+
+
+def headroom_tasks(baseline_runs: list[dict], ood_tasks: list[str]) -> list[str]:
+    """The OOD test tasks whose dev set (`<task>_dev`) the baseline scores within HEADROOM, mean over its seeds."""
+    chosen = []
+    for task in ood_tasks:
+        scores = [ratio(r["dev"][f"{task}_dev"]["correct"]) for r in baseline_runs if f"{task}_dev" in r["dev"]]
+        if scores and HEADROOM[0] <= float(np.mean(scores)) <= HEADROOM[1]:
+            chosen.append(task)
+    return chosen
 
 
 def tokens_to_target(record: dict, id_tasks: list[str], target: float) -> int | None:
@@ -80,6 +96,7 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
     ood_tasks = sorted((t for t, k in kinds.items() if k == "ood"), key=lambda t: (difficulty[t], t))
     # A control named by a selection is the arm it chose (none while undecided), as the runner chooses it.
     chosen = {name: arm for name, (arm, _) in selection_choices(config, main, learning_rate).items()}
+    headroom = headroom_tasks(by_arm.get("baseline", []), ood_tasks)
     arms = {}
     for arm in [a for a in config.arms if a in by_arm]:
         runs = sorted(by_arm[arm], key=lambda r: r["seed"])
@@ -99,7 +116,7 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
             "steps": [r["global_step"] for r in runs],
             "seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in runs), 1),
         }
-        for kind, tasks in (("id", id_tasks), ("ood", ood_tasks)):
+        for kind, tasks in (("id", id_tasks), ("ood", ood_tasks), ("headroom", headroom)):
             row[kind] = mean_std([float(items(r, tasks).mean()) for r in runs]) if tasks else None
             for label, other in comparisons.items():
                 row[f"{kind}_vs_{label}"] = paired_bootstrap(
@@ -142,6 +159,7 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
         "sweep": sweep,
         "id_tasks": id_tasks,
         "ood_tasks": ood_tasks,
+        "headroom_tasks": headroom,
         "training_tops": tops,
         "arms": arms,
         "gate": gate,
@@ -200,15 +218,17 @@ def _gate_text(gate: dict | None, arm: str) -> str:
 
 def markdown(summary: dict, command: str) -> str:
     lines = [
-        "| arm | changes vs baseline | seeds | ID exact match | OOD exact match | ID − baseline [95% CI] "
-        "| OOD − baseline [95% CI] | tokens to target | marker rate (test) | self-correction: marker / false marker |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| arm | changes vs baseline | seeds | ID exact match | OOD exact match | OOD with headroom "
+        "| ID − baseline [95% CI] | OOD − baseline [95% CI] | OOD with headroom − baseline [95% CI] "
+        "| tokens to target | marker rate (test) | self-correction: marker / false marker |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm, row in summary["arms"].items():
         sc = row["self_correction"]
         lines.append(
             f"| {arm} | {_changes(row['changes'])} | {len(row['seeds'])} | {_pct(row['id'])} | {_pct(row['ood'])} "
-            f"| {_interval(row.get('id_vs_baseline'))} | {_interval(row.get('ood_vs_baseline'))} "
+            f"| {_pct(row.get('headroom'))} | {_interval(row.get('id_vs_baseline'))} "
+            f"| {_interval(row.get('ood_vs_baseline'))} | {_interval(row.get('headroom_vs_baseline'))} "
             f"| {_tokens(row['tokens_to_target'])} | {_pct(row['marker_rate'])} "
             f"| {_pct(sc['marker_rate'])} / {_pct(sc['false_marker_rate'])} |"
         )
@@ -246,7 +266,8 @@ def markdown(summary: dict, command: str) -> str:
             f"| {', '.join(f'{t:,}' for t in row['tokens'])} | {row['seconds'] / 60:.1f} min |"
         )
     controlled = [
-        f"| {arm} − {row['control']} | {_interval(row['id_vs_control'])} | {_interval(row['ood_vs_control'])} |"
+        f"| {arm} − {row['control']} | {_interval(row['id_vs_control'])} | {_interval(row['ood_vs_control'])} "
+        f"| {_interval(row.get('headroom_vs_control'))} |"
         for arm, row in summary["arms"].items()
         if "control" in row
     ]
@@ -254,8 +275,8 @@ def markdown(summary: dict, command: str) -> str:
         [
             "Against its control (the same paired bootstrap):",
             "",
-            "| comparison | ID [95% CI] | OOD [95% CI] |",
-            "|---|---|---|",
+            "| comparison | ID [95% CI] | OOD [95% CI] | OOD with headroom [95% CI] |",
+            "|---|---|---|---|",
             *controlled,
             "",
         ]
@@ -285,7 +306,9 @@ def markdown(summary: dict, command: str) -> str:
             f"evaluation. Learning rate {summary['learning_rate']:g} for every arm{given_lr}. Training range: "
             f"{', '.join(f'{k} ≤ {v}' for k, v in summary['training_tops'].items())}; "
             f"in-distribution (ID) test tasks: {', '.join(summary['id_tasks'])}; "
-            f"out-of-distribution (OOD): {', '.join(summary['ood_tasks']) or '–'}.",
+            f"out-of-distribution (OOD): {', '.join(summary['ood_tasks']) or '–'}; OOD with headroom (the baseline's "
+            f"dev accuracy within {100 * HEADROOM[0]:.0f}-{100 * HEADROOM[1]:.0f}%, chosen on dev): "
+            f"{', '.join(summary.get('headroom_tasks', [])) or '–'}.",
             "",
             f"Precision and machine of the runs: {'; '.join(summary.get('machines', [])) or '–'}.",
             "",
