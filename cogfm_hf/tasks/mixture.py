@@ -14,7 +14,7 @@ from datasets import Dataset, Features, Sequence, Value
 
 from ..config import Config
 from .base import Example, seeded_rng
-from .on_policy import ModelMistakes
+from .on_policy import model_mistakes_of
 from .retry import add_retries, check_retry
 
 
@@ -73,7 +73,7 @@ class Mixture:
                         f"give both or neither (got retry_variant {component.retry_variant!r}, "
                         f"retry_model {component.retry_model!r})"
                     )
-                model_mistakes = ModelMistakes(component.retry_model) if component.retry_model else None
+                model_mistakes = model_mistakes_of(component.retry_model) if component.retry_model else None
                 difficulty = (
                     component.difficulty
                     if component.difficulty is not None

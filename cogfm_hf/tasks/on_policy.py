@@ -15,6 +15,7 @@ is teacher-forced on the clean prefix (a solution's earlier retries are not in i
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter
 from pathlib import Path
@@ -104,6 +105,13 @@ class ModelMistakes:
         row[self.keeps_to(text[offsets[t][0] :])] = 0.0
         token = rng.choices(range(row.shape[0]), weights=row.tolist())[0]
         return text[start : offsets[t][0]] + self.token_text[token]
+
+
+@functools.cache
+def model_mistakes_of(checkpoint: str) -> ModelMistakes:
+    """One ModelMistakes per checkpoint and process: a data build makes a mixture per unit of work, and each would
+    otherwise load the model again."""
+    return ModelMistakes(checkpoint)
 
 
 def where_it_leaves(example: Example, step_index: int, mistake: str) -> str:
