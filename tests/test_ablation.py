@@ -15,6 +15,7 @@ from cogfm_hf.experiments.ablation import main as ablate_main
 from cogfm_hf.experiments.ablation_report import (
     headroom_tasks,
     markdown,
+    markers_on,
     paired_bootstrap,
     summarise,
     tokens_to_target,
@@ -283,6 +284,23 @@ def test_ood_with_headroom_is_where_the_baselines_dev_accuracy_leaves_room_and_i
     assert summary["headroom_tasks"] == ["cogfm_addition_digits5"]
     assert summary["arms"]["retry_p0.1"]["headroom_vs_baseline"][0] == pytest.approx(1.0)
     assert "OOD with headroom (the baseline's dev accuracy within 5-95%" in markdown(summary, "x")
+
+
+def test_the_marker_table_splits_exact_match_by_whether_a_solution_wrote_the_marker():
+    runs = [
+        {"test": {"t": {"marker": [1, 1, 0, 0], "correct": [1, 0, 1, 1]}}},
+        {"test": {"t": {"marker": [0, 0, 0, 0], "correct": [0, 1, 1, 1]}}},
+    ]
+    assert markers_on(runs, "t") == {"marker_rate": 0.25, "correct_with_marker": 0.5, "correct_without_marker": 5 / 6}
+    assert markers_on(runs[1:], "t")["correct_with_marker"] is None
+    config, base = load_ablation(ABLATION_RECIPE)
+    records = [
+        _run_record(arm, 0, base["training"]["learning_rate"], [1, 0] * 50) for arm in ("baseline", "retry_p0.1")
+    ]
+    records[1]["test"]["cogfm_addition_digits3"]["marker"] = [1, 0] * 50  # marks exactly its right answers
+    text = markdown(summarise(config, base, records), "x")
+    assert "| retry_p0.1 | 50% / 100% / 0% | 0% / – / 0% |" in text
+    assert "| baseline | 0% /" not in text  # arms that never write the marker are left out
 
 
 def test_a_control_named_by_a_selection_is_the_arm_the_selection_chose():

@@ -50,6 +50,18 @@ def headroom_tasks(baseline_runs: list[dict], ood_tasks: list[str]) -> list[str]
     return chosen
 
 
+def markers_on(runs: list[dict], task: str) -> dict:
+    """How a task's test solutions use the BACK marker, items pooled over seeds: the share that write it, and the
+    exact match of those that do and of those that do not (None where there are none)."""
+    marker = np.array([m for r in runs for m in r["test"][task]["marker"]], dtype=bool)
+    correct = np.array([c for r in runs for c in r["test"][task]["correct"]], dtype=np.float64)
+    return {
+        "marker_rate": float(marker.mean()),
+        "correct_with_marker": float(correct[marker].mean()) if marker.any() else None,
+        "correct_without_marker": float(correct[~marker].mean()) if (~marker).any() else None,
+    }
+
+
 def tokens_to_target(record: dict, id_tasks: list[str], target: float) -> int | None:
     for point in record["curve"]:
         scores = [v for task, v in point["exact_match"].items() if task in id_tasks]
@@ -130,6 +142,7 @@ def summarise(config, base: dict, records: list[dict], learning_rate: float | No
         }  # the spread behind the std: seeds differ more than items resample
         reached = [tokens_to_target(r, id_tasks, config.target) for r in runs]
         row["tokens_to_target"] = reached
+        row["markers_by_task"] = {t: markers_on(runs, t) for t in id_tasks + ood_tasks}
         row["marker_rate"] = mean_std([ratio(m for t in r["test"].values() for m in t["marker"]) for r in runs])
         row["self_correction"] = {
             # NaN: a rate whose kind of item the evaluation's limit left out (eval_tasks/utils.mean_where_defined)
@@ -188,6 +201,10 @@ def _interval(triple) -> str:
     if triple is None:
         return "–"
     return f"{100 * triple[0]:+.1f} [{100 * triple[1]:+.1f}, {100 * triple[2]:+.1f}]"
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
 
 
 def _tokens(reached: list) -> str:
@@ -255,6 +272,29 @@ def markdown(summary: dict, command: str) -> str:
             + " | ".join(_pct(row["by_task"][t]) for t in summary["id_tasks"] + summary["ood_tasks"])
             + " |"
         )
+    marked = [
+        f"| {arm} | "
+        + " | ".join(
+            f"{_share(m['marker_rate'])} / {_share(m['correct_with_marker'])} / {_share(m['correct_without_marker'])}"
+            for m in (row["markers_by_task"][t] for t in summary["id_tasks"] + summary["ood_tasks"])
+        )
+        + " |"
+        for arm, row in summary["arms"].items()
+        if any(m["marker_rate"] for m in row["markers_by_task"].values())
+    ]
+    markers = (
+        [
+            "The marker at test time, per task (items pooled over seeds): share of solutions that write it / exact "
+            "match of those that do / of those that do not:",
+            "",
+            per_task[0],
+            per_task[1],
+            *marked,
+            "",
+        ]
+        if marked
+        else []
+    )
     tokens = [
         "| arm | optimizer steps | token slots (steps × batch × seq_len) | non-padding tokens per seed "
         "| train + eval time |",
@@ -330,6 +370,7 @@ def markdown(summary: dict, command: str) -> str:
             "",
             *per_seed,
             "",
+            *markers,
             "Budget per arm:",
             "",
             *tokens,
