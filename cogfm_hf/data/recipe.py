@@ -224,8 +224,14 @@ class DataRecipe(Config):
         """Identifies the build: same recipe, task-generator version and data format -> same output."""
         from ..tasks.export import EXPORT_VERSION
 
+        recipe = self.to_dict()
+        for source in recipe["sources"]:
+            for component in source.get("mixture") or []:
+                # retry_model came later: a component without one fingerprints as before, so builds stay valid
+                if component.get("retry_model") is None:
+                    component.pop("retry_model", None)
         blob = json.dumps(
-            {"recipe": self.to_dict(), "tasks": EXPORT_VERSION, "format": DATA_FORMAT_VERSION},
+            {"recipe": recipe, "tasks": EXPORT_VERSION, "format": DATA_FORMAT_VERSION},
             sort_keys=True,
             default=str,
         )
