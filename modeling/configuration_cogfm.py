@@ -167,7 +167,9 @@ class CogFMConfig(PreTrainedConfig):
             arithmetic (coupling_cogfm.py has the rule): `{"digit_token_ids": [ten ids, "0" to "9"],
             "newline_token_id": id, "stride": positions per column}`, optionally `"train_column_gap": G` (training
             spreads each document's columns by a random gap of 1..G) and `"back_token_id"` (the self-correction
-            marker restarts a step's places); None (the default) keeps Llama's positions.
+            marker restarts a step's places) and `"operator_token_ids"`: [ids] (couple only documents whose first
+            line is a sum, digits and these tokens; every other document keeps ordinary positions); None (the
+            default) keeps Llama's positions.
         use_cache: return a KV cache from forward by default (generation).
 
     Example:
@@ -332,7 +334,8 @@ class CogFMConfig(PreTrainedConfig):
         coupling = self.position_coupling
         if coupling is None:
             return
-        keys, optional = ("digit_token_ids", "newline_token_id", "stride"), ("train_column_gap", "back_token_id")
+        keys = ("digit_token_ids", "newline_token_id", "stride")
+        optional = ("train_column_gap", "back_token_id", "operator_token_ids")
         if not isinstance(coupling, dict) or not set(keys) <= set(coupling) <= set(keys + optional):
             raise ValueError(
                 f"CogFMConfig.position_coupling must be None or a dict with {keys} (and optionally {optional}), "
@@ -369,6 +372,17 @@ class CogFMConfig(PreTrainedConfig):
             raise ValueError(
                 "CogFMConfig.position_coupling.train_column_gap must be an integer >= 1 (1: no spreading), "
                 f"got {gap!r}."
+            )
+        operators = coupling.get("operator_token_ids")
+        if "operator_token_ids" in coupling and (
+            not isinstance(operators, list)
+            or not operators
+            or not all(map(in_vocabulary, operators))
+            or set(operators) & {*ids, coupling["newline_token_id"]}
+        ):
+            raise ValueError(
+                "CogFMConfig.position_coupling.operator_token_ids must list the ids of the tokens besides digits a "
+                f"sum's first line holds (below vocab_size, not digits or the newline), got {operators!r}."
             )
 
     def _check_kernel(self, field: str):

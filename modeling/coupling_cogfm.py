@@ -36,6 +36,13 @@ training document spreads its columns by a random gap of 1..G (column c at `stri
 nothing moves), so training shows distances up to G times longer, in the spirit of randomised positions (Ruoss et
 al. 2023); evaluation and generation always use gap 1.
 
+With `operator_token_ids` (the tokens besides digits a sum's first line holds: `+`, `=?`) only *sums* are coupled,
+so one model can learn arithmetic in this format beside prose, code and other tasks: a document keeps coupled ids
+while its first line holds nothing but digits and those tokens, and after its first line only if that line held at
+least one of them; from the first other token of its first line on (`Mod 10.`, `def f(n):`, `Facts: ...`) a
+document takes ordinary positions, its tokens' indices from the document's start. The rule reads only tokens so far,
+so it too is causal and the same in training and generation.
+
 This file is copied into every checkpoint (modeling_cogfm.py imports it); it imports only torch.
 """
 
@@ -105,4 +112,20 @@ def coupled_position_ids(
     runs_before_line = runs_so_far.gather(-1, line_start_at) - run_start.gather(-1, line_start_at).long()
     number = (runs_so_far - runs_before_line - 1).clamp(min=0, max=stride - 2)
     number_ids = torch.where(is_digit, column_stride * significance + number, stride - 1)
-    return torch.where(step_line, step_ids, number_ids)
+    coupled = torch.where(step_line, step_ids, number_ids)
+    if "operator_token_ids" not in coupling:
+        return coupled
+    # Only sums: count, per document, the first line's tokens that are neither digits nor operators, and its operators.
+    document_start_at = _last_position_where(starts)
+    operator = torch.isin(input_ids, torch.tensor(coupling["operator_token_ids"], device=input_ids.device))
+    first_line = line == 0
+    foreign_so_far = _count_in_document(first_line & ~is_digit & ~operator, document_start_at)
+    operators_so_far = _count_in_document(first_line & operator, document_start_at)
+    is_sum = (foreign_so_far == 0) & (first_line | (operators_so_far > 0))
+    return torch.where(is_sum, coupled, index - document_start_at)
+
+
+def _count_in_document(flags: torch.BoolTensor, document_start_at: torch.LongTensor) -> torch.LongTensor:
+    """For each token, how many tokens of its document up to and including it have `flags`."""
+    so_far = flags.long().cumsum(-1)
+    return so_far - so_far.gather(-1, document_start_at) + flags.long().gather(-1, document_start_at)

@@ -99,6 +99,54 @@ def test_coupled_ids_of_a_packed_row_are_what_the_format_promises(tokenizer, cou
         assert {place for text, place in answer[1:] if not text.isdigit()} == {STRIDE - 1}
 
 
+def test_with_documents_sums_only_sums_are_coupled_and_the_rest_keep_ordinary_places(tokenizer, coupling):
+    """A mixture's packed row: sums get exactly the coupled ids, a chain, a program, a logic problem, prose and a
+    multiplication (its first line is not a sum) their indices from the document's start; causal, as generation
+    needs, and a document that starts like a sum keeps the ids it got before its first foreign token."""
+    sums_only = position_coupling(tokenizer, STRIDE, documents="sums")
+    operators = [tokenizer.decode([token]) for token in sums_only["operator_token_ids"]]
+    assert "+" in operators and all(set(text) <= set("+=?") for text in operators)
+    texts = [
+        lsd_problem(0, 6).text,
+        next(TASKS["chains"].generate(0, op=3)).text,
+        lsd_problem(1, 3).text,
+        next(TASKS["code"].generate(0)).text,
+        next(TASKS["logic"].generate(0)).text,
+        "The 3 sums: 12+5=? and more.\nThen prose 4+4.\n",
+        next(TASKS["arithmetic"].generate(0, operation="*")).text,
+        "2024\n1+1=2\n",
+    ]
+    row, positions, spans = [], [], []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        spans.append((len(row), len(row) + len(ids)))
+        row += ids
+        positions += range(len(ids))
+    input_ids, position_ids = torch.tensor([row]), torch.tensor([positions])
+    starts = document_starts(input_ids.shape, "cpu", position_ids)
+    gated = coupled_position_ids(input_ids, sums_only, starts)[0].tolist()
+    every = coupled_position_ids(input_ids, coupling, starts)[0].tolist()
+    for index, (start, end) in enumerate(spans):
+        if index in (0, 2):  # the sums
+            assert gated[start:end] == every[start:end]
+        elif index == 5:  # "The 3 ...": foreign from its first token
+            assert gated[start:end] == list(range(end - start))
+        elif index == 7:  # a first line of digits alone is a number, not a sum: coupled only while on it
+            assert gated[start : start + 4] == every[start : start + 4] == [0, STRIDE, 2 * STRIDE, 3 * STRIDE]
+            assert gated[start + 4 : end] == list(range(4, end - start))
+        else:
+            first_foreign = next(
+                i for i, token in enumerate(row[start:end]) if not tokenizer.decode([token]).isdigit()
+            )
+            assert gated[start + first_foreign : end] == list(range(first_foreign, end - start))
+        for length in range(1, end - start):
+            prefix = input_ids[:, start : start + length]
+            assert (
+                coupled_position_ids(prefix, sums_only, document_starts(prefix.shape, "cpu"))[0].tolist()
+                == gated[start : start + length]
+            )
+
+
 def test_a_step_written_again_after_the_marker_takes_a_clean_steps_places(tokenizer, coupling):
     """Retry data: a wrong start of a step, the marker, the step again. Without the mistakes and markers, a retried
     document's tokens have exactly the clean document's places; a mistake has the places of a step's start."""

@@ -120,8 +120,9 @@ class ModelConfig(Config):
     preset: str = "cogfm-tiny"
     overrides: dict[str, Any] = field(default_factory=dict)  # CogFMConfig fields
     checkpoint: str | None = None  # fine-tuning: start from this checkpoint instead of a fresh preset
-    # {stride: N, train_column_gap: G}: coupled RoPE positions for the `order: lsd` arithmetic format
-    # (CogFMConfig.position_coupling), with the digit and newline token ids taken from the run's tokenizer
+    # {stride: N, train_column_gap: G, documents: all | sums}: coupled RoPE positions for the `order: lsd`
+    # arithmetic format (CogFMConfig.position_coupling), with the digit, newline and (`documents: sums`, which
+    # couples only sums and leaves every other document Llama's positions) operator token ids from the tokenizer
     position_coupling: dict[str, Any] | None = None
 
     def validate(self) -> None:
@@ -139,9 +140,15 @@ class ModelConfig(Config):
         if self.position_coupling is not None:
             if not isinstance(self.position_coupling, dict) or "stride" not in self.position_coupling:
                 raise self.invalid("position_coupling", f"give {{stride: N}}, got {self.position_coupling!r}")
+            documents = self.position_coupling.get("documents", "all")
+            if documents not in ("all", "sums"):
+                raise self.invalid("position_coupling.documents", f"give 'all' or 'sums', got {documents!r}")
             stand_in_ids = dict(digit_token_ids=list(range(10)), newline_token_id=10)  # the tokenizer's, at build
+            if documents == "sums":
+                stand_in_ids["operator_token_ids"] = [11]
+            given = {key: value for key, value in self.position_coupling.items() if key != "documents"}
             try:
-                CogFMConfig(position_coupling={**stand_in_ids, **self.position_coupling})
+                CogFMConfig(position_coupling={**stand_in_ids, **given})
             except ValueError as error:
                 raise self.invalid("position_coupling", str(error)) from None
         try:  # the values too: CogFMConfig names the field and the fix

@@ -145,8 +145,14 @@ def check_resume_shape(checkpoint: Path, recipe: TrainRecipe) -> None:
         )
 
 
-def position_coupling(tokenizer, stride: int, train_column_gap: int = 1) -> dict:
-    """CogFMConfig.position_coupling for this tokenizer: the ids of its single-token digits and newline."""
+# What a sum's first line holds besides digits (`743+985=?`): the tokens written only with these characters.
+SUM_OPERATOR_CHARACTERS = frozenset("+=?")
+
+
+def position_coupling(tokenizer, stride: int, train_column_gap: int = 1, documents: str = "all") -> dict:
+    """CogFMConfig.position_coupling for this tokenizer: the ids of its single-token digits and newline, and with
+    `documents: sums` those of its operator tokens (only sums are coupled; every other document keeps ordinary
+    positions)."""
     ids = {text: tokenizer.encode(text, add_special_tokens=False) for text in [*"0123456789", "\n"]}
     split = {text: found for text, found in ids.items() if len(found) != 1}
     if split:
@@ -160,6 +166,14 @@ def position_coupling(tokenizer, stride: int, train_column_gap: int = 1) -> dict
         coupling["train_column_gap"] = train_column_gap
     if BACK in tokenizer.get_vocab():  # our tokenizers all have it: retry data is written with it
         coupling["back_token_id"] = tokenizer.convert_tokens_to_ids(BACK)
+    if documents == "sums":
+        coupling["operator_token_ids"] = sorted(
+            token_id
+            for token_id in tokenizer.get_vocab().values()
+            if (text := tokenizer.decode([token_id])) and set(text) <= SUM_OPERATOR_CHARACTERS
+        )
+    elif documents != "all":
+        raise RecipeError(f"documents must be 'all' or 'sums', got {documents!r}", "model.position_coupling.documents")
     return coupling
 
 
