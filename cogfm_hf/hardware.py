@@ -27,9 +27,25 @@ def _cpuinfo(field: str) -> str | None:
     return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == field), None)
 
 
+# What PyTorch may use when the process is told to stay at AVX2 (ATen's kernel dispatch and oneDNN's ISA cap): how
+# an AVX2-only CPU is emulated on a newer one to measure it (docs/benchmarks.md).
+AVX512_AND_LATER = ("avx512", "amx")
+
+
+def isa_capped_at_avx2() -> bool:
+    return (
+        os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "avx2"
+        or os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2"
+    )
+
+
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags (empty where /proc/cpuinfo has none)."""
-    return set((_cpuinfo("flags") or "").split())
+    """The CPU's feature flags (empty where /proc/cpuinfo has none), without the AVX-512 and AMX ones where the
+    process is capped at AVX2 (`ATEN_CPU_CAPABILITY=avx2` or `ONEDNN_MAX_CPU_ISA=AVX2`)."""
+    flags = set((_cpuinfo("flags") or "").split())
+    if isa_capped_at_avx2():
+        flags = {flag for flag in flags if not flag.startswith(AVX512_AND_LATER)}
+    return flags
 
 
 def cpu_has_native_bf16() -> bool:
@@ -41,7 +57,8 @@ def describe_cpu() -> str:
     model = _cpuinfo("model name") or platform.processor() or platform.machine()
     flags = cpu_flags()
     vector = [flag for flag in ("avx2", "avx512f", *NATIVE_BF16_FLAGS) if flag in flags]
-    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(vector) or 'none of avx2/avx512'}"
+    capped = ", capped at AVX2 (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA)" if isa_capped_at_avx2() else ""
+    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(vector) or 'none of avx2/avx512'}{capped}"
 
 
 def describe_device() -> str:

@@ -21,6 +21,20 @@ def test_native_bf16_follows_the_cpu_flags():
     assert ("avx512_bf16" in describe_cpu()) == ("avx512_bf16" in flags)
 
 
+def test_a_process_capped_at_avx2_has_no_native_bf16_and_says_so(monkeypatch):
+    """How an AVX2-only machine is emulated on a newer one: the ISA cap PyTorch obeys, obeyed here too."""
+    if not cpu_flags():
+        pytest.skip("no x86 `flags` line in /proc/cpuinfo on this machine")
+    uncapped = cpu_flags()
+    for variable, value in (("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2")):
+        with monkeypatch.context() as patch:
+            patch.setenv(variable, value)
+            assert cpu_flags() == {flag for flag in uncapped if not flag.startswith(("avx512", "amx"))}
+            assert not cpu_has_native_bf16() and "capped at AVX2" in describe_cpu()
+            if not torch.cuda.is_available():
+                assert resolve_bf16("auto") is False
+
+
 def test_cpu_threads_and_the_peak_mfu_is_measured_against(monkeypatch):
     before = torch.get_num_threads()
     try:
