@@ -298,3 +298,40 @@ def test_model_card_and_plots(pretrained):
     assert group_baseline == pytest.approx(sum(task_baselines) / len(ood_tasks), abs=1e-3)
     for plot in ("loss.png", "accuracy_by_difficulty.png"):
         assert (pretrained / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({plot})" in card.text
+
+
+def test_model_card_leads_with_what_the_model_learned_before_and_after(pretrained):
+    """Per family and split: the step-0 score → the final one (± a 95% interval), the items, the most-common-answer
+    level of the same items, and chance where every prompt names its candidates; the self-correction rates."""
+    card = (pretrained / "README.md").read_text()
+    learned = card[card.index("## What it learned") : card.index("## Use")]
+    assert learned.index("| family | split |") < learned.index("![accuracy by difficulty](accuracy_by_difficulty.png)")
+    final = json.loads((pretrained / "eval_results.json").read_text())
+    state = json.loads((pretrained / "trainer_state.json").read_text())
+    [before] = [e for e in state["log_history"] if e["step"] == 0 and "eval/items" in e]
+    detail = {  # the card's full table: group -> its cells (value, stderr, items, most common answer)
+        cells[1].strip("* "): [cell.strip() for cell in cells[3:7]]
+        for line in card.splitlines()
+        if line.startswith("| ") and len(cells := line.split("|")) == 8 and cells[2].strip() == "exact_match"
+    }
+    rows = {
+        (cells[1].strip(), cells[2].strip()): [cell.strip() for cell in cells[3:7]]
+        for line in learned.splitlines()
+        if line.startswith("| ") and len(cells := line.split("|")) == 8 and cells[2].strip() in ("ID", "OOD")
+    }
+    families = {name.removeprefix("cogfm_").removesuffix("_id") for name in final["groups"] if name.endswith("_id")}
+    assert {"chains", "logic", "addition_lsd"} <= families and set(rows) == {
+        (family, split) for family in families for split in ("ID", "OOD")
+    }
+    for (family, split), (before_after, items, most_common, chance) in rows.items():
+        group = f"cogfm_{family}_{split.lower()}"
+        after = final["groups"][group]["exact_match,extract_answer"]
+        stderr = final["groups"][group]["exact_match_stderr,extract_answer"]
+        expected = f"{100 * before[f'eval/{group}/exact_match']:.1f} → {100 * after:.1f} ± {196 * stderr:.1f}"
+        assert before_after == expected
+        value, _, group_items, group_most_common = detail[group]
+        assert items == group_items and most_common == f"{100 * float(group_most_common):.1f}"
+        assert chance == ("50.0" if family == "logic" else "")  # "Which holds, kap or bib?"
+    corrections = [line for line in learned.splitlines() if line.startswith("| chains |") and line.count("→") == 2]
+    marker = final["results"]["cogfm_chains_self_correction"]["marker_rate,none"]
+    assert len(corrections) == 1 and f"→ {100 * marker:.1f} |" in corrections[0]

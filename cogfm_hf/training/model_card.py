@@ -105,7 +105,10 @@ def write_model_card(
     results: dict | None,
     limit: int | None,
     plots: list[str],
+    learned: str | None = None,
 ) -> Path:
+    """`learned`: the before → after table by task family (summary.py) the card leads with, beside the plot of
+    accuracy by difficulty."""
     params = sum(p.numel() for p in model.parameters())
     config = model.config
     # The defaults this model has modules for (in_proj only where a conv or Mamba-2 layer holds one).
@@ -163,6 +166,8 @@ random initialisation with cogfm_hf for {state.global_step:,} optimizer steps on
 **{tokens_seen:,} non-padding tokens**, with a curriculum sampler and a self-correction loss.
 It is a research artefact for studying how training order and learning from corrected mistakes change
 multi-step reasoning, not a general assistant.
+{f"{chr(10)}## What it learned{chr(10)}{chr(10)}{learned}{chr(10)}" if learned else ""}
+{"![accuracy by difficulty](accuracy_by_difficulty.png)" if learned and "accuracy_by_difficulty.png" in plots else ""}
 
 ## Use
 

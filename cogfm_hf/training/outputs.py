@@ -11,6 +11,7 @@ weights, tokenizer — and also holds the recipe, `training_summary.json`, `trai
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import yaml
@@ -19,6 +20,14 @@ from ..hardware import describe_device
 from .evaluation import scores
 from .model_card import read_data_report, write_model_card
 from .plots import plot_eval_history_by_difficulty, plot_losses
+from .summary import (
+    by_difficulty_lines,
+    console_table,
+    family_rows,
+    initial_scores,
+    markdown_table,
+    self_correction_rows,
+)
 
 RECIPE_FILE = "cogfm_recipe.yaml"
 
@@ -45,7 +54,9 @@ def save_final_checkpoint(trainer, tokenizer, output: Path) -> None:
 
 
 def write_run_outputs(trainer, recipe, model, results: dict | None, output: Path) -> Path:
-    """Everything beside the final weights (main process only); returns the model card's path."""
+    """Everything beside the final weights (main process only), then the run's ending on the console: per task
+    family, before training → after, beside the reference levels (summary.py), and where the card and plots are.
+    Returns the model card's path."""
     write_recipe(output, recipe.to_dict())
     state = trainer.state
     title = f"{recipe.model.preset}, {state.num_input_tokens_seen:,} tokens"
@@ -66,7 +77,11 @@ def write_run_outputs(trainer, recipe, model, results: dict | None, output: Path
         "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
         "device": describe_device(),
     }
+    families, corrections, by_difficulty = [], [], []
     if results:
+        before = initial_scores(state.log_history)
+        families, corrections = family_rows(results, before), self_correction_rows(results, before)
+        by_difficulty = by_difficulty_lines(results, recipe.data.task_difficulty_tops())
         summary["final_eval"] = scores(results)
         (output / "eval_results.json").write_text(
             json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=2, default=str)
@@ -77,7 +92,7 @@ def write_run_outputs(trainer, recipe, model, results: dict | None, output: Path
         print("\n" + make_table(results) + groups, flush=True)
     (output / "training_summary.json").write_text(json.dumps(summary, indent=2))
     state.save_to_json(str(output / "trainer_state.json"))  # the log history: losses, evaluations
-    return write_model_card(
+    card = write_model_card(
         output,
         recipe=recipe.to_dict(),
         model=model,
@@ -86,4 +101,26 @@ def write_run_outputs(trainer, recipe, model, results: dict | None, output: Path
         results=results,
         limit=recipe.eval.final_limit,
         plots=[p.name for p in plots if p is not None],
+        learned=(
+            f"Held-out test sets, greedy, exact match in %: before training (step 0, {recipe.eval.limit or 'all'} "
+            f"items per task) → after ({recipe.eval.final_limit or 'all'} items per task). *Most common answer*: "
+            "always giving the most common gold answer of the items run; *chance*: guessing among the answers the "
+            "prompt names. Learned means clearing both.\n\n" + markdown_table(families, corrections)
+            if families or corrections
+            else None
+        ),
     )
+    ending = [f"\nfinal checkpoint: {output.resolve()}"]
+    if families or corrections:
+        ending += [
+            f"What the model learned: held-out test sets, greedy, exact match in %, before training (step 0, "
+            f"{recipe.eval.limit or 'all'} items per task) → after {state.global_step:,} steps and "
+            f"{state.num_input_tokens_seen:,} tokens ({recipe.eval.final_limit or 'all'} items per task):",
+            console_table(families, corrections),
+            *by_difficulty,
+        ]
+    ending.append(f"model card: {card}; plots: {', '.join(str(output / p.name) for p in plots if p is not None)}")
+    if wandb_run := sys.modules.get("wandb") and sys.modules["wandb"].run:
+        wandb_run.finish()  # its closing lines come now, not after the ending
+    print("\n".join(ending), flush=True)
+    return card

@@ -284,8 +284,7 @@ def pretrain(recipe: TrainRecipe) -> Path:
     save_final_checkpoint(trainer, setup.tokenizer, output)
     if setup.state.is_main_process:
         results = evaluation.final_results if evaluation else None
-        card = write_run_outputs(trainer, recipe, model, results, output)
-        print(f"final checkpoint: {output.resolve()} (model card: {card.name})", flush=True)
+        write_run_outputs(trainer, recipe, model, results, output)
     setup.state.wait_for_everyone()
     return output
 
