@@ -34,6 +34,15 @@ def test_the_default_recipe_ends_with_what_the_model_learned_per_family(tmp_path
     assert ending[1].startswith(
         "What the model learned: held-out test sets, greedy, exact match in %, before training"
     )
+    # How long it took, and where the time went (the in-loop evaluation's share is what the budget watches).
+    summary = json.loads((output / "training_summary.json").read_text())["seconds"]
+    assert re.fullmatch(
+        r"took \d+ min \d\d s in this process: data \d+ min \d\d s, training and set-up \d+ min \d\d s, "
+        r"evaluation in the loop \d+ min \d\d s \(\d+% of the time\), final evaluation \d+ min \d\d s",
+        ending[-2],
+    )
+    assert summary["total"] > summary["data"] + summary["evaluation_in_loop"] + summary["evaluation_final"]
+    assert summary["data"] > 0 and summary["evaluation_in_loop"] > 0 and summary["evaluation_final"] > 0
     assert ending[-1] == (
         f"model card: {output / 'README.md'}; plots: {output / 'loss.png'}, {output / 'accuracy_by_difficulty.png'}"
     )

@@ -259,8 +259,9 @@ class LMEvalCallback(TrainerCallback):
     def __init__(self, trainer, config: EvalConfig):
         self.trainer, self.config = trainer, config
         self.final_results: dict | None = None
+        self.seconds = (0.0, 0.0)  # spent evaluating in this process: in the loop, and after the last step
 
-    def _evaluate(self, state, control, model, tokenizer, limit: int | None) -> dict | None:
+    def _evaluate(self, state, control, model, tokenizer, limit: int | None, final: bool = False) -> dict | None:
         if not (state.is_world_process_zero or self.trainer.is_fsdp_enabled):
             return None
         start = time.perf_counter()
@@ -277,6 +278,8 @@ class LMEvalCallback(TrainerCallback):
             logs.update({f"eval_difficulty/{task}/{d}": round(v, 4) for d, v in by_difficulty.items()})
         logs["eval/items"] = sum(n.get("effective", 0) for n in results.get("n-samples", {}).values())
         seconds = time.perf_counter() - start
+        in_loop, after_training = self.seconds
+        self.seconds = (in_loop, after_training + seconds) if final else (in_loop + seconds, after_training)
         logs["eval/seconds"] = round(seconds, 1)
         should_log = control.should_log  # Trainer.log clears it: keep this step's training log
         self.trainer.log(logs)
@@ -292,6 +295,8 @@ class LMEvalCallback(TrainerCallback):
         if control.should_training_stop and state.global_step < state.max_steps:
             return  # stopping early (SIGTERM): the checkpoint matters, an evaluation now would delay it
         if state.global_step >= state.max_steps:
-            self.final_results = self._evaluate(state, control, model, processing_class, self.config.final_limit)
+            self.final_results = self._evaluate(
+                state, control, model, processing_class, self.config.final_limit, final=True
+            )
         elif self.config.every_steps and state.global_step % self.config.every_steps == 0:
             self._evaluate(state, control, model, processing_class, self.config.limit)

@@ -145,6 +145,13 @@ def write_model_card(
     packing = data_report.get("packing", {})
     totals = data_report.get("totals", {})
     tokens_seen = getattr(state, "num_input_tokens_seen", 0)
+    pacing = recipe["curriculum"]["pacing"]
+    if pacing == "uniform":
+        order = "in random order"
+    elif recipe["curriculum"].get("control"):
+        order = f"in random order from a growing pool (the control of a `{pacing}` curriculum)"
+    else:
+        order = f"easy problems first (`{pacing}` curriculum pacing)"
     evaluation = (
         (
             f"lm-evaluation-harness on the tasks in `eval_tasks/` (test sets {EXPORT_VERSION}, held-out "
@@ -163,7 +170,7 @@ def write_model_card(
 A **CogFM** decoder-only language model (`{recipe["model"]["preset"]}` preset: {params:,} parameters,
 {config.num_hidden_layers} layers, hidden size {config.hidden_size}, vocabulary {config.vocab_size:,}) trained from
 random initialisation with cogfm_hf for {state.global_step:,} optimizer steps on
-**{tokens_seen:,} non-padding tokens**, with a curriculum sampler and a self-correction loss.
+**{tokens_seen:,} non-padding tokens**, {order} and a self-correction loss.
 It is a research artefact for studying how training order and learning from corrected mistakes change
 multi-step reasoning, not a general assistant.
 {f"{chr(10)}## What it learned{chr(10)}{chr(10)}{learned}{chr(10)}" if learned else ""}

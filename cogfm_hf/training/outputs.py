@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
@@ -30,6 +31,29 @@ from .summary import (
 )
 
 RECIPE_FILE = "cogfm_recipe.yaml"
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    """Where a run's wall time went, in seconds, in this process (a resumed run counts from its restart)."""
+
+    total: float
+    data: float  # building the data (~0 when it was built already)
+    evaluation_in_loop: float  # before the first step and every `eval.every_steps`
+    evaluation_final: float
+
+    def describe(self) -> str:
+        training = self.total - self.data - self.evaluation_in_loop - self.evaluation_final
+        share = self.evaluation_in_loop / self.total if self.total else 0.0
+        return (
+            f"took {_minutes(self.total)} in this process: data {_minutes(self.data)}, training and set-up "
+            f"{_minutes(training)}, evaluation in the loop {_minutes(self.evaluation_in_loop)} ({share:.0%} of the "
+            f"time), final evaluation {_minutes(self.evaluation_final)}"
+        )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
 
 
 def recipe_text(recipe: dict) -> str:
@@ -53,7 +77,7 @@ def save_final_checkpoint(trainer, tokenizer, output: Path) -> None:
         tokenizer.save_pretrained(output)
 
 
-def write_run_outputs(trainer, recipe, model, results: dict | None, output: Path) -> Path:
+def write_run_outputs(trainer, recipe, model, results: dict | None, output: Path, timing: RunTiming) -> Path:
     """Everything beside the final weights (main process only), then the run's ending on the console: per task
     family, before training → after, beside the reference levels (summary.py), and where the card and plots are.
     Returns the model card's path."""
@@ -76,6 +100,7 @@ def write_run_outputs(trainer, recipe, model, results: dict | None, output: Path
         # What a figure depends on besides the recipe: `bf16: auto` resolves per machine.
         "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
         "device": describe_device(),
+        "seconds": asdict(timing),
     }
     families, corrections, by_difficulty = [], [], []
     if results:
@@ -119,6 +144,7 @@ def write_run_outputs(trainer, recipe, model, results: dict | None, output: Path
             console_table(families, corrections),
             *by_difficulty,
         ]
+    ending.append(timing.describe())
     ending.append(f"model card: {card}; plots: {', '.join(str(output / p.name) for p in plots if p is not None)}")
     if wandb_run := sys.modules.get("wandb") and sys.modules["wandb"].run:
         wandb_run.finish()  # its closing lines come now, not after the ending

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from ..tasks import BACK
 from .checkpoints import Preempted, clear_staging, damaged_weights, recipe_changes, resolve_resume
 from .evaluation import LMEvalCallback
 from .guard import GuardStop
-from .outputs import RECIPE_FILE, recipe_text, save_final_checkpoint, write_recipe, write_run_outputs
+from .outputs import RECIPE_FILE, RunTiming, recipe_text, save_final_checkpoint, write_recipe, write_run_outputs
 from .recipe import TrainRecipe
 from .trainer import CogFMTrainer
 
@@ -53,6 +54,7 @@ class RunSetup:
     tokenizer: PreTrainedTokenizerBase
     dataset: Dataset
     resume_from: str | None  # the complete checkpoint to resume from (cogfm_hf.training.checkpoints)
+    data_seconds: float  # building the data (~0 when it was built already)
 
     @property
     def seq_len(self) -> int:
@@ -106,10 +108,12 @@ def prepare(recipe: TrainRecipe) -> RunSetup:
                 flush=True,
             )
     threads = set_cpu_threads(recipe.cpu_threads) if args.use_cpu else None
+    started = time.perf_counter()
     with state.main_process_first():  # the main process builds; the others then find it built
         data_dir = build(recipe.data)
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
-    return RunSetup(args, bf16, state, threads, tokenizer, load_packed(data_dir / "packed"), resume_from)
+    dataset = load_packed(data_dir / "packed")
+    return RunSetup(args, bf16, state, threads, tokenizer, dataset, resume_from, time.perf_counter() - started)
 
 
 # The fields that shape the weights, all known before the data is built (the vocabulary is checked against the
@@ -271,6 +275,7 @@ def pretrain(recipe: TrainRecipe) -> Path:
             "model.checkpoint: pretraining starts from a fresh `model.preset`; to adapt a checkpoint use "
             "training/finetune_lora.py, to continue a run use --resume_from_checkpoint"
         )
+    started = time.perf_counter()
     setup = prepare(recipe)
     set_seed(setup.args.seed)
     model = build_model(recipe, setup.tokenizer, setup.seq_len)
@@ -284,7 +289,9 @@ def pretrain(recipe: TrainRecipe) -> Path:
     save_final_checkpoint(trainer, setup.tokenizer, output)
     if setup.state.is_main_process:
         results = evaluation.final_results if evaluation else None
-        write_run_outputs(trainer, recipe, model, results, output)
+        evaluated = evaluation.seconds if evaluation else (0.0, 0.0)
+        timing = RunTiming(time.perf_counter() - started, setup.data_seconds, *evaluated)
+        write_run_outputs(trainer, recipe, model, results, output, timing)
     setup.state.wait_for_everyone()
     return output
 
