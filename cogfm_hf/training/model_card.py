@@ -68,15 +68,15 @@ def result_rows(results: dict) -> list[dict]:
 def _baseline(name: str, baselines: dict, group_subtasks: dict) -> float | None:
     """The most-common-answer accuracy of a task, or of a group over the items of all its tasks; None where a
     task has no extracted answers (self-correction, next step)."""
-    leaves = [baselines.get(leaf) for leaf in _leaf_names(name, group_subtasks)]
+    leaves = [baselines.get(leaf) for leaf in leaf_names(name, group_subtasks)]
     if None in leaves:
         return None
     return sum(count * accuracy for count, accuracy in leaves) / sum(count for count, _ in leaves)
 
 
-def _leaf_names(name: str, group_subtasks: dict) -> list[str]:
+def leaf_names(name: str, group_subtasks: dict) -> list[str]:
     children = group_subtasks.get(name)
-    return [leaf for child in children for leaf in _leaf_names(child, group_subtasks)] if children else [name]
+    return [leaf for child in children for leaf in leaf_names(child, group_subtasks)] if children else [name]
 
 
 def _table(rows: list[dict]) -> str:

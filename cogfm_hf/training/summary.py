@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from .evaluation import accuracy_by_difficulty
-from .model_card import result_rows
+from .model_card import leaf_names, result_rows
 
 Z_95 = 1.96  # a 95% interval from lm-eval's standard error
 
@@ -52,7 +52,7 @@ def initial_scores(log_history: list[dict]) -> dict[str, float]:
 def candidate_chance(results: dict, group: str) -> float | None:
     """The accuracy of guessing uniformly among the answers each prompt names, over the items of `group`'s tasks;
     None unless every item names its candidates."""
-    leaves = _leaves(group, results.get("group_subtasks", {}))
+    leaves = leaf_names(group, results.get("group_subtasks", {}))
     docs = [
         sample["doc"]
         for leaf in leaves
@@ -62,11 +62,6 @@ def candidate_chance(results: dict, group: str) -> float | None:
     if not docs or any(not doc.get("answer_candidates") for doc in docs):
         return None
     return sum(1 / len(doc["answer_candidates"]) for doc in docs) / len(docs)
-
-
-def _leaves(name: str, group_subtasks: dict) -> list[str]:
-    children = group_subtasks.get(name)
-    return [leaf for child in children for leaf in _leaves(child, group_subtasks)] if children else [name]
 
 
 def family_rows(results: dict, before: dict[str, float]) -> list[FamilyRow]:
