@@ -165,6 +165,27 @@ def test_real_mistakes_are_what_each_task_promises():
         assert step.startswith(wrong[: wrong.index("=") + 1]) and not step.startswith(wrong)
 
 
+def test_planned_chains_write_the_walk_back_then_the_chains_solution():
+    plan, chains, rng = TASKS["chains_plan"], TASKS["chains"], random.Random(5)
+    for planned, original in zip(take(plan.generate(6, op=(1, 8)), 60), take(chains.generate(6, op=(1, 8)), 60)):
+        assert (planned.prompt, planned.answer, planned.template_id) == (
+            original.prompt,
+            original.answer,
+            original.template_id,
+        )
+        walk_length = original.difficulty + 1
+        walk, operations = planned.steps[:walk_length], planned.steps[walk_length:]
+        assert operations == original.steps
+        statements = set(planned.prompt.splitlines())
+        assert walk[0].split("=")[0] == planned.prompt.splitlines()[-1].removesuffix("=?")  # starts at the question
+        for line, below in zip(walk, walk[1:]):
+            assert line.rstrip("\n") in statements  # a statement of the prompt, copied
+            assert below.split("=")[0] == line.split("=")[1].split("+")[0].split("-")[0].split("*")[0]
+        assert walk[-1].rstrip("\n") in statements and walk[-1].split("=")[1].rstrip(".\n").isdigit()
+        for i in range(walk_length):  # a mistake in the walk names another variable
+            assert plan.mistake(planned, i, rng) != planned.meta["heads"][i]
+
+
 def test_weak_mistakes_name_a_later_step():
     task, rng = TASKS["chains"], random.Random(0)
     for example in take(task.generate(9, op=5), 50):

@@ -8,7 +8,7 @@ TASKS["chains"].verify(example, "... so the answer is 7")
 from .answers import BACK
 from .arithmetic import AdditionTask, ArithmeticTask, ReversedAdditionTask
 from .base import Example, ReasoningTask
-from .chains import ChainsTask
+from .chains import ChainsTask, PlannedChainsTask
 from .code import CodeTask
 from .logic import LogicTask
 from .mixture import Mixture, MixtureComponent
@@ -16,7 +16,15 @@ from .retry import add_retries, strip_retries
 
 TASKS: dict[str, ReasoningTask] = {
     task.name: task
-    for task in (ChainsTask(), ArithmeticTask(), LogicTask(), CodeTask(), AdditionTask(), ReversedAdditionTask())
+    for task in (
+        ChainsTask(),
+        PlannedChainsTask(),
+        ArithmeticTask(),
+        LogicTask(),
+        CodeTask(),
+        AdditionTask(),
+        ReversedAdditionTask(),
+    )
 }
 
 

@@ -122,13 +122,7 @@ class ChainsTask(ReasoningTask):
             rng.shuffle(order)
         query = steps[-1][0]
         prompt = f"Mod {modulus}.\n" + "".join(statement(n) + "\n" for n in order) + f"{query}=?\n"
-        texts, heads, results = [], [], []
-        for target, operator, operands in steps:
-            expression = operator.join(operands)
-            numbers = operator.join(str(values[o]) for o in operands)
-            texts.append(f"{target}={expression}={numbers}={values[target]}.\n")
-            heads.append(f"{target}=")
-            results.append([len(texts[-1]) - 2 - len(str(values[target])), len(texts[-1]) - 2])
+        texts, heads, results = self.solution(steps, values)
         return Example(
             task=self.name,
             prompt=prompt,
@@ -144,13 +138,75 @@ class ChainsTask(ReasoningTask):
             ),
         )
 
+    def solution(self, steps, values) -> tuple[list[str], list[str], list[list[int]]]:
+        """The solution's lines, each line's head (what a weak mistake writes) and its result's span."""
+        texts, heads, results = [], [], []
+        for target, operator, operands in steps:
+            expression = operator.join(operands)
+            numbers = operator.join(str(values[o]) for o in operands)
+            texts.append(f"{target}={expression}={numbers}={values[target]}.\n")
+            heads.append(f"{target}=")
+            results.append([len(texts[-1]) - 2 - len(str(values[target])), len(texts[-1]) - 2])
+        return texts, heads, results
+
     def mistake(self, example, step_index, rng):
+        return self.blocked_head(example, step_index, rng)
+
+    @staticmethod
+    def blocked_head(example, computed_steps, rng):
         # A variable that cannot be computed yet: one of its operands is an operation not yet computed.
         definitions, order = example.meta["definitions"], example.meta["order"]
-        computed = {n for n, d in definitions.items() if d is None} | set(order[:step_index])
+        computed = {n for n, d in definitions.items() if d is None} | set(order[:computed_steps])
         blocked = [
             n
             for n, d in definitions.items()
             if d is not None and n not in computed and not all(o in computed for o in d[1])
         ]
         return f"{rng.choice(sorted(blocked))}=" if blocked else None
+
+
+class PlannedChainsTask(ChainsTask):
+    """Dependency chains with the plan written out first (`chains_plan`): the same problems and answers as `chains`.
+
+        (the prompt of the module's example)
+        bi=?
+        bi=lo+ka.
+        lo=ka*ru.
+        ka=3.
+        lo=ka*ru=3*5=5.
+        bi=lo+ka=5+3=8.
+        Answer: 8
+
+    In the `chains` format the first line of the solution names the operation to compute first, which is found by
+    walking the graph back from the question, several lookups deep, before a token is written: a 1 M-parameter model
+    never learned it (docs/results.md). Here the walk is written down. From the question, each line copies the
+    definition of the previous line's first operand (each necessary operation uses the one before it as its first
+    operand, so this walk visits exactly the necessary operations) down to the constant that starts the chain; then
+    the operations are computed bottom-up as in `chains`. Every token needs at most one lookup of a name's definition
+    or value, and the name to look up is in the line above.
+    """
+
+    name = "chains_plan"
+    problems_of = "chains"
+
+    def solution(self, steps, values):
+        forward_texts, forward_heads, forward_results = super().solution(steps, values)
+        texts, heads = [], []
+        for target, operator, operands in reversed(steps):
+            texts.append(f"{target}={operator.join(operands)}.\n")
+            heads.append(f"{target}=")
+        start = steps[0][2][0]  # the first operation's first operand: always a constant
+        texts.append(f"{start}={values[start]}.\n")
+        heads.append(f"{start}=")
+        # A walk line has no numeric result to vary (the next-step task's distractors skip it); the constant's has.
+        results = [[0, 0]] * len(steps) + [[len(texts[-1]) - 2 - len(str(values[start])), len(texts[-1]) - 2]]
+        return texts + forward_texts, heads + forward_heads, results + forward_results
+
+    def mistake(self, example, step_index, rng):
+        walk_lines = len(example.meta["order"]) + 1
+        if step_index >= walk_lines:
+            return self.blocked_head(example, step_index - walk_lines, rng)
+        # In the walk: a name other than the previous line's first operand (another operand, or any defined name).
+        right = example.meta["heads"][step_index]
+        names = sorted(f"{n}=" for n in example.meta["definitions"] if f"{n}=" != right)
+        return rng.choice(names)
