@@ -55,7 +55,7 @@ def test_eval_tasks_top_holds_the_hand_written_files_and_every_generated_yaml_is
     }
     generated = {p.relative_to(EVAL_TASKS_DIR).as_posix() for p in EVAL_TASKS_DIR.rglob("*cogfm_*.yaml")}
     assert generated == {f"{GENERATED}/{p.name}" for p in (EVAL_TASKS_DIR / GENERATED).iterdir()}
-    assert len(generated) == len(ALL_TASK_NAMES) + 6 * 3 + 4  # task files; groups: per task, id, ood; 4 more
+    assert len(generated) == len(ALL_TASK_NAMES) + 7 * 3 + 4  # task files; groups: per task, id, ood; 4 more
     # lm-eval resolves an include against the including file's folder: the templates are one level up.
     includes = {yaml.safe_load((EVAL_TASKS_DIR / p).read_text()).get("include") for p in generated}
     assert includes == {None} | {
@@ -64,7 +64,7 @@ def test_eval_tasks_top_holds_the_hand_written_files_and_every_generated_yaml_is
 
 
 def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
-    assert len(TASK_NAMES) == 39 + 6 + 2  # generation buckets, self-correction per task, next-step tasks
+    assert len(TASK_NAMES) == 46 + 7 + 3  # generation buckets, self-correction per task, next-step tasks
     assert DEV_TASK_NAMES == sorted(
         f"{name}_dev" for name in TASK_NAMES if not name.endswith(("_next_step", "_self_correction"))
     )
@@ -88,7 +88,7 @@ def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
     assert sorted(tasks) == TASK_NAMES  # the group reaches every task file, and nothing else
     # The headline group holds exactly the tasks its metric (exact match of the extracted answer) exists in.
     generation = [name for name in TASK_NAMES if not name.endswith(("_next_step", "_self_correction"))]
-    assert sorted(task_manager.load(["cogfm_reasoning"])["tasks"]) == generation and len(generation) == 39
+    assert sorted(task_manager.load(["cogfm_reasoning"])["tasks"]) == generation and len(generation) == 46
     for name, task in tasks.items():
         docs = list(task.test_docs())
         test_set = task.config.dataset_kwargs["test_set"]
