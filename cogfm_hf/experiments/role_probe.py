@@ -6,9 +6,9 @@ Exact match says whether a whole answer is right; a chains answer needs several 
 once, and this probe says which kind fails. It feeds gold solutions of training-template problems (op 1-4) and
 scores, for the token that starts each role, whether the model's most likely next token is the gold one:
 
-- `chains`: a step's name (which operation comes next: a search back from the question), its operand names
-  (a lookup of the name's definition), the operands' values (a lookup of a constant or of an earlier result), the
-  result (one-digit arithmetic);
+- `chains`: a step's name (which operation comes next: a search back from the question; the first step's apart),
+  its operand names (a lookup of the name's definition), the operands' values (a lookup of a constant or of an
+  earlier result), the result (one-digit arithmetic), and the answer (a copy of the last result);
 - `chains_plan` adds the walk: the first line's name (a copy of the question's name), each later line's name (a
   copy of the line above's first operand), its operands (the lookup of a definition by name) and the constant's
   value (the lookup of a value by name).
@@ -23,6 +23,7 @@ from collections import defaultdict
 import torch
 
 from ..tasks import get_task
+from ..tasks.answers import ANSWER_PREFIX
 
 STEP = re.compile(r"(\w+)=(\w+)[-+*](\w+)=(\d+)[-+*](\d+)=(\d+)\.\n")
 WALK_STEP = re.compile(r"(\w+)=(\w+)[-+*](\w+)\.\n")
@@ -53,8 +54,11 @@ def role_offsets(example) -> list[tuple[str, int, str]]:
         for group, role in enumerate(roles, start=1):
             if index == 0 and role == "walk name":
                 role = "walk name (the question's)"
+            elif index == walk_lines and role == "step name":
+                role = "step name (the first)"
             offsets.append((role, position + match.start(group), match.group(group)))
         position += len(line)
+    offsets.append(("answer", position + len(ANSWER_PREFIX), example.answer))
     return offsets
 
 
@@ -66,7 +70,7 @@ def probe(model, tokenizer, task: str, n: int = 150, seed: int = 77, op=(1, 4)) 
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     model.eval()
     for _, example in zip(range(n), get_task(task).generate(seed, "train", op=op)):
-        encoded = tokenizer(example.prompt + "".join(example.steps), return_offsets_mapping=True)
+        encoded = tokenizer(example.prompt + example.clean_solution(), return_offsets_mapping=True)
         ids = encoded["input_ids"]
         predicted = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
         token_at = {start: i for i, (start, end) in enumerate(encoded["offset_mapping"]) if end > start}
@@ -85,11 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--task", choices=PROBED_TASKS, default="chains_plan")
     parser.add_argument("--n", type=int, default=150, help="problems probed")
+    parser.add_argument("--seed", type=int, default=77, help="the problems' seed")
     args = parser.parse_args(argv)
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint, trust_remote_code=True)
     print(f"| role | teacher-forced argmax right ({args.task}, {args.n} problems, op 1-4) |\n|---|---|")
-    for role, (right, total) in probe(model, tokenizer, args.task, args.n).items():
+    for role, (right, total) in probe(model, tokenizer, args.task, args.n, args.seed).items():
         print(f"| {role} | {100 * right / total:.1f}% of {total} |")
 
 
