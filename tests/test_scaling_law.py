@@ -1,5 +1,7 @@
 """The scaling-law fit (cogfm_hf.experiments.scaling_law) on losses generated from a known law."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
@@ -9,9 +11,9 @@ from cogfm_hf.experiments.scaling_law import (
     bootstrap,
     fit_accuracy,
     fit_law,
-    interval,
     predicted_accuracy,
 )
+from cogfm_hf.experiments.stats import percentile_interval
 
 TRUE = Law(E=1.2, A=60.0, alpha=0.35, B=300.0, beta=0.3)  # the ladder's range: L ~ 2-3 nats
 SIZES = [2e5, 4e5, 8e5, 1.6e6, 3.2e6]
@@ -30,7 +32,7 @@ def ladder(noise: float, seed: int) -> list[list[tuple[float, float, float]]]:
 def test_fit_recovers_the_law_exactly_from_noiseless_losses():
     points = np.array([p for run in ladder(0.0, 0) for p in run])
     law = fit_law(points[:, 0], points[:, 1], points[:, 2])
-    for name, true in TRUE.to_dict().items():
+    for name, true in dataclasses.asdict(TRUE).items():
         assert getattr(law, name) == pytest.approx(true, rel=1e-5), name
 
 
@@ -42,7 +44,7 @@ def test_noisy_fit_forecasts_a_held_out_size_and_its_interval_holds_the_truth(se
     held_out = (6.4e6, 1.6e7)  # twice the largest size
     assert law.loss(*held_out) == pytest.approx(TRUE.loss(*held_out), rel=0.02)
     laws = bootstrap(runs, samples=40, seed=seed)
-    low, high = interval([candidate.loss(*held_out) for candidate in laws])
+    low, high = percentile_interval([candidate.loss(*held_out) for candidate in laws])
     assert low <= TRUE.loss(*held_out) <= high
     assert high - low < 0.1 * TRUE.loss(*held_out)  # an interval, not the whole axis
 

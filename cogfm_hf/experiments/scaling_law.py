@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize, nnls
@@ -49,9 +49,6 @@ class Law:
     def tokens_per_parameter(self, flops):
         n, d = self.compute_optimal(flops)
         return d / n
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _huber(residual: np.ndarray, delta: float) -> np.ndarray:
@@ -128,13 +125,6 @@ def bootstrap(runs: list[list[tuple[float, float, float]]], samples: int, seed: 
     return laws
 
 
-def interval(values, level: float = 0.95) -> tuple[float, float]:
-    """The central `level` interval of bootstrap values (percentiles)."""
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(np.asarray(values, float), [tail, 100 - tail])
-    return float(low), float(high)
-
-
 def fit_accuracy(task_loss, accuracy, floor: float) -> tuple[float, float]:
     """The second step of the OLMo ladder (Bhagia et al. 2024, arXiv 2412.04403): accuracy as a sigmoid of task
     loss, acc = floor + (1 - floor) / (1 + exp(k (loss - midpoint))), floor the constant-answer baseline.
@@ -142,9 +132,7 @@ def fit_accuracy(task_loss, accuracy, floor: float) -> tuple[float, float]:
     task_loss, accuracy = np.asarray(task_loss, float), np.asarray(accuracy, float)
 
     def squared_error(theta):
-        k, midpoint = theta
-        predicted = floor + (1 - floor) / (1 + np.exp(np.clip(k * (task_loss - midpoint), -50, 50)))
-        return float(np.sum((predicted - accuracy) ** 2))
+        return float(np.sum((predicted_accuracy(task_loss, *theta, floor) - accuracy) ** 2))
 
     starts = itertools.product((1.0, 3.0, 10.0, 30.0), np.quantile(task_loss, [0.25, 0.5, 0.75]))
     best = min((minimize(squared_error, np.array(s), method="Nelder-Mead") for s in starts), key=lambda r: r.fun)

@@ -43,7 +43,14 @@ def paired_bootstrap(arm_runs: list[dict], base_runs: list[dict], tasks: list[st
     n = differences.shape[1]
     draws = rng.integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
     estimates = differences[:, draws].mean(axis=2).mean(axis=0)
-    return float(differences.mean()), float(np.percentile(estimates, 2.5)), float(np.percentile(estimates, 97.5))
+    return float(differences.mean()), *percentile_interval(estimates)
+
+
+def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` interval of bootstrap estimates (percentiles)."""
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(np.asarray(values, float), [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def comparison_rng(*names: str) -> np.random.Generator:
