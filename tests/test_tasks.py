@@ -1,4 +1,5 @@
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -180,7 +181,7 @@ def test_planned_chains_write_the_walk_back_then_the_chains_solution():
         assert walk[0].split("=")[0] == planned.prompt.splitlines()[-1].removesuffix("=?")  # starts at the question
         for line, below in zip(walk, walk[1:]):
             assert line.rstrip("\n") in statements  # a statement of the prompt, copied
-            assert below.split("=")[0] == line.split("=")[1].split("+")[0].split("-")[0].split("*")[0]
+            assert below.split("=")[0] == re.split(r"[-+*]", line.split("=")[1])[0]  # the first operand
         assert walk[-1].rstrip("\n") in statements and walk[-1].split("=")[1].rstrip(".\n").isdigit()
         for i in range(walk_length):  # a mistake in the walk names another variable
             assert plan.mistake(planned, i, rng) != planned.meta["heads"][i]
