@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from datasets import Dataset
 from lm_eval.models.huggingface import HFLM
 from transformers import StoppingCriteria, TrainerCallback
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -28,6 +29,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from ..config import Config
 from ..paths import DIFFICULTY_METRIC_DIR, EVAL_TASKS_DIR
 from ..tasks.answers import ANSWER_PREFIX
+from .heldout import heldout_loss
 
 
 @dataclass
@@ -41,6 +43,9 @@ class EvalConfig(Config):
     batch_size: int = 32
     include_path: str | None = None  # lm-eval task folder; default: this repository's eval_tasks/
     enabled: bool = True
+    # Packed sequences of the build kept out of training, whose loss every evaluation reports (eval/heldout_loss;
+    # cogfm_hf.training.heldout); 0: none held out
+    heldout_sequences: int = 0
 
     def validate(self) -> None:
         if not self.tasks or not all(self.tasks):
@@ -53,6 +58,12 @@ class EvalConfig(Config):
             raise self.invalid("every_steps", f"must be an integer >= 0, got {self.every_steps!r}")
         if self.batch_size < 1:
             raise self.invalid("batch_size", f"must be >= 1, got {self.batch_size!r}")
+        if self.heldout_sequences < 0:
+            raise self.invalid("heldout_sequences", f"must be an integer >= 0, got {self.heldout_sequences!r}")
+        if self.heldout_sequences and not self.enabled:
+            raise self.invalid(
+                "heldout_sequences", "the held-out loss is measured by the evaluations: set eval.enabled true, or 0"
+            )
 
 
 def answer_line_complete(text: str) -> bool:
@@ -254,11 +265,12 @@ class LMEvalCallback(TrainerCallback):
     """Runs `config.tasks` on the live model before training, every `config.every_steps` steps and at the
     last step, logging through `trainer.log`. Only the main process evaluates; under FSDP every process
     does (the forward passes need all shards) and they log the same numbers. `final_results` keeps the
-    last evaluation's full lm-eval results."""
+    last evaluation's full lm-eval results, `final_heldout` its held-out losses (with `heldout` rows given)."""
 
-    def __init__(self, trainer, config: EvalConfig):
-        self.trainer, self.config = trainer, config
+    def __init__(self, trainer, config: EvalConfig, heldout: Dataset | None = None):
+        self.trainer, self.config, self.heldout = trainer, config, heldout
         self.final_results: dict | None = None
+        self.final_heldout: dict[str, float] | None = None
         self.seconds = (0.0, 0.0)  # spent evaluating in this process: in the loop, and after the last step
 
     def _evaluate(self, state, control, model, tokenizer, limit: int | None, final: bool = False) -> dict | None:
@@ -277,6 +289,11 @@ class LMEvalCallback(TrainerCallback):
         for task, by_difficulty in accuracy_by_difficulty(results).items():
             logs.update({f"eval_difficulty/{task}/{d}": round(v, 4) for d, v in by_difficulty.items()})
         logs["eval/items"] = sum(n.get("effective", 0) for n in results.get("n-samples", {}).values())
+        if self.heldout is not None:
+            losses = heldout_loss(model, self.heldout, self.config.batch_size, self.trainer.args.bf16)
+            logs.update({"/".join(filter(None, ("eval/heldout_loss", k))): round(v, 5) for k, v in losses.items()})
+            if final:
+                self.final_heldout = losses
         seconds = time.perf_counter() - start
         in_loop, after_training = self.seconds
         self.seconds = (in_loop, after_training + seconds) if final else (in_loop + seconds, after_training)

@@ -77,10 +77,13 @@ def save_final_checkpoint(trainer, tokenizer, output: Path) -> None:
         tokenizer.save_pretrained(output)
 
 
-def write_run_outputs(trainer, recipe, model, results: dict | None, output: Path, timing: RunTiming) -> Path:
+def write_run_outputs(
+    trainer, recipe, model, results: dict | None, output: Path, timing: RunTiming, heldout: dict | None = None
+) -> Path:
     """Everything beside the final weights (main process only), then the run's ending on the console: per task
     family, before training → after, beside the reference levels (summary.py), and where the card and plots are.
-    Returns the model card's path."""
+    `heldout`: the final held-out losses (cogfm_hf.training.heldout), kept in training_summary.json. Returns the
+    model card's path."""
     write_recipe(output, recipe.to_dict())
     state = trainer.state
     title = f"{recipe.model.preset}, {state.num_input_tokens_seen:,} tokens"
@@ -102,12 +105,15 @@ def write_run_outputs(trainer, recipe, model, results: dict | None, output: Path
         "device": describe_device(),
         "seconds": asdict(timing),
     }
+    if heldout is not None:
+        summary["heldout_loss"] = heldout
     families, corrections, by_difficulty = [], [], []
     if results:
         before = initial_scores(state.log_history)
         families, corrections = family_rows(results, before), self_correction_rows(results, before)
         by_difficulty = by_difficulty_lines(results, recipe.data.task_difficulty_tops())
         summary["final_eval"] = scores(results)
+        summary["families"] = [asdict(row) for row in families]  # the ending's table, per family and split
         (output / "eval_results.json").write_text(
             json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=2, default=str)
         )
@@ -144,6 +150,10 @@ def write_run_outputs(trainer, recipe, model, results: dict | None, output: Path
             console_table(families, corrections),
             *by_difficulty,
         ]
+    if heldout is not None:
+        ending.append(
+            f"held-out loss ({recipe.eval.heldout_sequences:,} sequences kept out of training): {heldout['']:.4f}"
+        )
     ending.append(timing.describe())
     ending.append(f"model card: {card}; plots: {', '.join(str(output / p.name) for p in plots if p is not None)}")
     if wandb_run := sys.modules.get("wandb") and sys.modules["wandb"].run:

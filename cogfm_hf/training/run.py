@@ -38,6 +38,7 @@ from ..tasks import BACK
 from .checkpoints import Preempted, clear_staging, damaged_weights, recipe_changes, resolve_resume
 from .evaluation import LMEvalCallback
 from .guard import GuardStop
+from .heldout import split_heldout
 from .outputs import RECIPE_FILE, RunTiming, recipe_text, save_final_checkpoint, write_recipe, write_run_outputs
 from .recipe import TrainRecipe
 from .trainer import CogFMTrainer
@@ -52,7 +53,8 @@ class RunSetup:
     state: PartialState
     cpu_threads: int | None  # None on accelerators
     tokenizer: PreTrainedTokenizerBase
-    dataset: Dataset
+    dataset: Dataset  # the rows training draws from
+    heldout: Dataset | None  # the rows kept out of it (eval.heldout_sequences), or None
     resume_from: str | None  # the complete checkpoint to resume from (cogfm_hf.training.checkpoints)
     data_seconds: float  # building the data (~0 when it was built already)
 
@@ -112,8 +114,10 @@ def prepare(recipe: TrainRecipe) -> RunSetup:
     with state.main_process_first():  # the main process builds; the others then find it built
         data_dir = build(recipe.data)
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
-    dataset = load_packed(data_dir / "packed")
-    return RunSetup(args, bf16, state, threads, tokenizer, dataset, resume_from, time.perf_counter() - started)
+    dataset, heldout = split_heldout(load_packed(data_dir / "packed"), recipe.eval.heldout_sequences)
+    return RunSetup(
+        args, bf16, state, threads, tokenizer, dataset, heldout, resume_from, time.perf_counter() - started
+    )
 
 
 # The fields that shape the weights, all known before the data is built (the vocabulary is checked against the
@@ -280,7 +284,7 @@ def pretrain(recipe: TrainRecipe) -> Path:
     set_seed(setup.args.seed)
     model = build_model(recipe, setup.tokenizer, setup.seq_len)
     trainer = make_trainer(recipe, model, setup)
-    evaluation = LMEvalCallback(trainer, recipe.eval) if recipe.eval.enabled else None
+    evaluation = LMEvalCallback(trainer, recipe.eval, setup.heldout) if recipe.eval.enabled else None
     if evaluation:
         trainer.add_callback(evaluation)
 
@@ -289,9 +293,10 @@ def pretrain(recipe: TrainRecipe) -> Path:
     save_final_checkpoint(trainer, setup.tokenizer, output)
     if setup.state.is_main_process:
         results = evaluation.final_results if evaluation else None
+        heldout = evaluation.final_heldout if evaluation else None
         evaluated = evaluation.seconds if evaluation else (0.0, 0.0)
         timing = RunTiming(time.perf_counter() - started, setup.data_seconds, *evaluated)
-        write_run_outputs(trainer, recipe, model, results, output, timing)
+        write_run_outputs(trainer, recipe, model, results, output, timing, heldout)
     setup.state.wait_for_everyone()
     return output
 
@@ -346,7 +351,7 @@ def finetune_lora(recipe: TrainRecipe) -> Path:
     )
     trainer = make_trainer(recipe, model, setup)
     if recipe.eval.enabled:  # the adapted model, evaluated as pretraining evaluates (logged beside the loss)
-        trainer.add_callback(LMEvalCallback(trainer, recipe.eval))
+        trainer.add_callback(LMEvalCallback(trainer, recipe.eval, setup.heldout))
     train(trainer, setup)
     output = Path(setup.args.output_dir)
     trainer.save_model(str(output))  # the adapter only: adapter_config.json names the base checkpoint
