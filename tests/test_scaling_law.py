@@ -70,5 +70,9 @@ def test_compute_optimal_split_minimises_the_law_at_fixed_compute():
 def test_accuracy_sigmoid_recovers_its_parameters():
     task_loss = np.linspace(0.5, 3.0, 25)
     accuracy = predicted_accuracy(task_loss, k=4.0, midpoint=1.6, floor=0.2)
-    k, midpoint = fit_accuracy(task_loss, accuracy, floor=0.2)
-    assert (k, midpoint) == (pytest.approx(4.0, rel=1e-3), pytest.approx(1.6, rel=1e-3))
+    k, midpoint, floor = fit_accuracy(task_loss, accuracy)
+    assert (k, midpoint, floor) == (
+        pytest.approx(4.0, rel=1e-3),
+        pytest.approx(1.6, rel=1e-3),
+        pytest.approx(0.2, abs=1e-3),
+    )

@@ -2,13 +2,13 @@
 
 L(N, D) = E + A / N^alpha + B / D^beta (Hoffmann et al. 2022, approach 3): N parameters, D training tokens. The fit
 minimises the Huber loss (delta 1e-3) between log L and the log of the law, written as a log-sum-exp of
-(e, a - alpha log N, b - beta log D) so that E = exp(e), A = exp(a), B = exp(b) stay positive. It runs BFGS (for 5
-parameters, the full-memory form of L-BFGS) from the best points of a grid search, and the best end wins: the
-objective has several local minima, and a single start is one of the pitfalls the Epoch AI refit (Besiroglu et al.
-2024, arXiv 2404.10102) found in the original. Intervals come from refitting on runs resampled with replacement
-(`bootstrap`): a run's points (its cooldowns at several D) move together, so resampling points would understate
-the spread. The FLOPs of a run come from `cogfm_hf.presets.train_flops_per_token` (attention and the output layer
-counted, as Porian et al. 2024, arXiv 2406.19146, show a small model's law needs).
+(e, a - alpha log N, b - beta log D) so that E = exp(e), A = exp(a), B = exp(b) stay positive. It runs L-BFGS (with
+wide bounds, so a fit on few noisy points cannot run off to an overflow) from the best points of a grid search, and
+the best end wins: the objective has several local minima, and a single start is one of the pitfalls the Epoch AI
+refit (Besiroglu et al. 2024, arXiv 2404.10102) found in the original. Intervals come from refitting on runs
+resampled with replacement (`bootstrap`): a run's points (its cooldowns at several D) move together, so resampling
+points would understate the spread. The FLOPs of a run come from `cogfm_hf.presets.train_flops_per_token`
+(attention and the output layer counted, as Porian et al. 2024, arXiv 2406.19146, show a small model's law needs).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize, nnls
+from threadpoolctl import threadpool_limits
 
 HUBER_DELTA = 1e-3  # Hoffmann et al.'s choice: residuals in log-loss beyond it count linearly (outlier runs)
 # The global search: every (alpha, beta) on this grid, with E, A and B then linear (non-negative least squares on the
@@ -26,7 +27,11 @@ HUBER_DELTA = 1e-3  # Hoffmann et al.'s choice: residuals in log-loss beyond it 
 EXPONENT_GRID = np.arange(0.05, 1.51, 0.05)
 POLISHED = 8
 # The Huber objective is ~1e-7 near the minimum: scipy's default relative tolerance would stop far from it.
-BFGS_OPTIONS = dict(gtol=1e-10, maxiter=2000)
+LBFGS_OPTIONS = dict(ftol=1e-15, gtol=1e-10, maxiter=2000)
+# Bounds on (e, a, b) (logs of the coefficients at the centred logs of N and D) and on the exponents: far outside any
+# law a ladder can show, they only stop a fit on a few noisy points from running off to an overflow.
+LOG_COEFFICIENT_BOUND = 30.0
+EXPONENT_BOUNDS = (0.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss
     return float(np.sum(_huber(residual, delta))), gradient
 
 
+@threadpool_limits.wrap(limits=1, user_api="blas")  # BLAS threads on 3-column problems: ~5x slower, not faster
 def fit_law(n, d, loss, delta: float = HUBER_DELTA) -> Law:
     """The law's parameters fitted to runs' (N, D, final loss)."""
     n, d, loss = (np.asarray(x, float) for x in (n, d, loss))
@@ -97,8 +103,11 @@ def fit_law(n, d, loss, delta: float = HUBER_DELTA) -> Law:
         theta = np.array([*np.log(np.maximum(coefficients, 1e-8)), alpha, beta])
         starts.append((_objective(theta, *data)[0], tuple(theta)))
     best = None
+    bounds = [(-LOG_COEFFICIENT_BOUND, LOG_COEFFICIENT_BOUND)] * 3 + [EXPONENT_BOUNDS] * 2
     for _, theta in sorted(starts)[:POLISHED]:
-        result = minimize(_objective, np.array(theta), args=data, jac=True, method="BFGS", options=BFGS_OPTIONS)
+        result = minimize(
+            _objective, np.array(theta), args=data, jac=True, method="L-BFGS-B", bounds=bounds, options=LBFGS_OPTIONS
+        )
         if best is None or result.fun < best.fun:
             best = result
     e, a, b, alpha, beta = best.x
@@ -125,18 +134,22 @@ def bootstrap(runs: list[list[tuple[float, float, float]]], samples: int, seed: 
     return laws
 
 
-def fit_accuracy(task_loss, accuracy, floor: float) -> tuple[float, float]:
+@threadpool_limits.wrap(limits=1, user_api="blas")
+def fit_accuracy(task_loss, accuracy) -> tuple[float, float, float]:
     """The second step of the OLMo ladder (Bhagia et al. 2024, arXiv 2412.04403): accuracy as a sigmoid of task
-    loss, acc = floor + (1 - floor) / (1 + exp(k (loss - midpoint))), floor the constant-answer baseline.
-    Returns (k, midpoint), fitted by least squares."""
+    loss, acc = floor + (1 - floor) / (1 + exp(k (loss - midpoint))). The floor is fitted (in [0, 1)), not fixed at
+    the constant-answer level: a model that has not learned the answer's form scores below that level, near 0.
+    Returns (k, midpoint, floor), fitted by least squares from a grid of starts."""
     task_loss, accuracy = np.asarray(task_loss, float), np.asarray(accuracy, float)
 
     def squared_error(theta):
-        return float(np.sum((predicted_accuracy(task_loss, *theta, floor) - accuracy) ** 2))
+        return float(np.sum((predicted_accuracy(task_loss, *theta) - accuracy) ** 2))
 
-    starts = itertools.product((1.0, 3.0, 10.0, 30.0), np.quantile(task_loss, [0.25, 0.5, 0.75]))
-    best = min((minimize(squared_error, np.array(s), method="Nelder-Mead") for s in starts), key=lambda r: r.fun)
-    return float(best.x[0]), float(best.x[1])
+    bounds = [(1e-3, 1e3), (None, None), (0.0, 0.99)]
+    starts = itertools.product((1.0, 3.0, 10.0, 30.0), np.quantile(task_loss, [0.25, 0.5, 0.75]), (0.0, 0.2))
+    fits = (minimize(squared_error, np.array(start), method="L-BFGS-B", bounds=bounds) for start in starts)
+    best = min(fits, key=lambda result: result.fun)
+    return float(best.x[0]), float(best.x[1]), float(best.x[2])
 
 
 def predicted_accuracy(task_loss, k: float, midpoint: float, floor: float):
