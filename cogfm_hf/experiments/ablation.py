@@ -31,7 +31,6 @@ from pathlib import Path
 
 from ..config import RecipeError, apply_overrides, parse_overrides
 from ..console import exit_with
-from ..data.recipe import DataRecipe
 from ..training.recipe import TrainRecipe
 from .ablation_report import write_report
 from .arms import (
@@ -50,6 +49,7 @@ from .runs import (
     learning_curve,
     loss_curve,
     read_record,
+    shared_tokenizer,
     train_run,
     write_record,
 )
@@ -77,18 +77,8 @@ class Ablation:
 
     def shared_tokenizer(self) -> None:
         """Train the tokenizer once, on the baseline's data, so every arm tokenises alike."""
-        if (self.tokenizer_dir / "tokenizer.json").is_file():
-            return
-        from ..data import build
-
-        data = DataRecipe.from_dict({**self.base["data"], "output_dir": str(self.output_dir / "tokenizer_build")})
-        built = Path(build(data))
-        partial = self.tokenizer_dir.with_name("tokenizer.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(built / "tokenizer", partial)
-        partial.rename(self.tokenizer_dir)  # atomic: a tokenizer directory is always complete
-        shutil.rmtree(built)  # the arms build their own data with this tokenizer
-        self.log(event="tokenizer", path=str(self.tokenizer_dir))
+        if shared_tokenizer(self.base["data"], self.output_dir, self.tokenizer_dir):
+            self.log(event="tokenizer", path=str(self.tokenizer_dir))
 
     def run(self, arm: str, changes: dict, seed: int, learning_rate: float) -> dict:
         """Train and evaluate one run (or read its record if it is complete)."""

@@ -1,6 +1,6 @@
 """One run of an experiment: a training-recipe variant trained in its own process, then scored item by item.
 
-Shared by every experiment runner (the ablation now, the scaling ladder next). A run directory is complete when
+Shared by every experiment runner (the ablation, the scaling ladder). A run directory is complete when
 its record (`RUN_DONE`) exists: the record is written last and atomically, so an interrupted run is started again
 from scratch and a finished one is never redone.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data.recipe import DataRecipe
 from ..tasks import BACK
 from ..training.evaluation import run_lm_eval, scores
 
@@ -28,6 +30,22 @@ def data_key(data: dict) -> str:
     """Names a data section by its content (without its output_dir), so variants with the same data share a build."""
     blob = json.dumps({k: v for k, v in data.items() if k != "output_dir"}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def shared_tokenizer(data: dict, output_dir: Path, tokenizer_dir: Path) -> bool:
+    """Train one tokenizer on `data` (a data section) into `tokenizer_dir`, so every run of an experiment tokenises
+    alike; False when it is there already. Each run then builds its own data with it."""
+    if (tokenizer_dir / "tokenizer.json").is_file():
+        return False
+    from ..data import build
+
+    built = Path(build(DataRecipe.from_dict({**data, "output_dir": str(output_dir / "tokenizer_build")})))
+    partial = tokenizer_dir.with_name(tokenizer_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(built / "tokenizer", partial)
+    partial.rename(tokenizer_dir)  # atomic: a tokenizer directory is always complete
+    shutil.rmtree(built)
+    return True
 
 
 def train_run(recipe: dict, run_dir: Path) -> float:
