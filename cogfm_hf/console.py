@@ -1,5 +1,5 @@
-"""What the command-line tools print: plain-text tables (the sizing tool, the data build's report), and the one
-line a refused input ends with."""
+"""What the command-line tools print: plain-text tables (the sizing tool, the data build's report), Markdown tables
+(the experiment reports), and the one line a refused input ends with."""
 
 from __future__ import annotations
 
@@ -31,3 +31,9 @@ def text_table(rows: list[list[str]] | list[tuple], left_columns: int = 1) -> st
         )
 
     return "\n".join([line(rows[0]), "  ".join("-" * w for w in widths), *map(line, rows[1:])])
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (what the experiment reports write): the header, then one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
