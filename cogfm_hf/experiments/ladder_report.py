@@ -143,10 +143,14 @@ def analyse(ladder) -> dict | None:
     out.update(law=law, laws=laws, task_law=task_law, sigmoid=sigmoid)
     largest = max(points, key=lambda p: p["flops"])
     out["compute"] = largest["flops"]
-    ratios = [float(resampled.tokens_per_parameter(largest["flops"])) for resampled in laws]
-    out["tokens_per_parameter"] = (float(law.tokens_per_parameter(largest["flops"])), percentile_interval(ratios))
-    six_b = [optimal_tokens(resampled, SIX_B) for resampled in laws]
-    out["six_b_tokens"] = (optimal_tokens(law, SIX_B), percentile_interval(six_b))
+    # A law with a zero exponent has no compute-optimal split: such resamplings are counted, not averaged in.
+    splits = [resampled for resampled in laws if has_optimum(resampled)]
+    out["degenerate_resamplings"] = len(laws) - len(splits)
+    ratios = [float(resampled.tokens_per_parameter(largest["flops"])) for resampled in splits]
+    six_b = [optimal_tokens(resampled, SIX_B) for resampled in splits]
+    if has_optimum(law):
+        out["tokens_per_parameter"] = (float(law.tokens_per_parameter(largest["flops"])), percentile_interval(ratios))
+        out["six_b_tokens"] = (optimal_tokens(law, SIX_B), percentile_interval(six_b))
     out["forecasts"] = []
     for point in (p for p in points if p["layers"] in held_out and p["budget"] == max(config.budgets)):
         n_point, d_point = point["non_embedding_parameters"], point["tokens"]
@@ -168,6 +172,11 @@ def analyse(ladder) -> dict | None:
             )
         )
     return out
+
+
+def has_optimum(law: Law) -> bool:
+    """Whether the law trades N against D at all: with a zero exponent (or coefficient) one term never falls."""
+    return min(law.alpha, law.beta, law.A, law.B) > 1e-9
 
 
 def optimal_tokens(law: Law, parameters: float) -> float:
@@ -358,15 +367,32 @@ def write_report(ladder, command: str) -> Path:
         f"![loss vs compute]({plots_dir.name}/{loss_plot.name})",
         "",
     ]
-    ratio, (low, high) = analysis["tokens_per_parameter"]
-    six_b, (six_low, six_high) = analysis["six_b_tokens"]
+    if "tokens_per_parameter" in analysis:
+        ratio, (low, high) = analysis["tokens_per_parameter"]
+        six_b, (six_low, six_high) = analysis["six_b_tokens"]
+        lines += [
+            f"Compute-optimal tokens per parameter at the ladder's largest compute ({analysis['compute']:.2e} FLOPs; "
+            f"C = 6ND, N non-embedding): **{ratio:.1f}** [{low:.1f}, {high:.1f}]. A 6B CogFM on this mixture would be "
+            f"compute-optimal at **{six_b / 1e9:.3g} B** tokens [{six_low / 1e9:.3g}, {six_high / 1e9:.3g}] by this "
+            f"law: an extrapolation over "
+            f"{np.log10(SIX_B / max(p['non_embedding_parameters'] for p in points)):.0f} orders of magnitude in N, "
+            "from models whose every run saw at most a few million tokens: read it as what the law says, not a plan."
+            + (
+                f" ({analysis['degenerate_resamplings']} of {config.bootstrap} resamplings fitted a zero exponent, "
+                "with no optimum; the interval is over the rest.)"
+                if analysis["degenerate_resamplings"]
+                else ""
+            ),
+            "",
+        ]
+    else:
+        lines += [
+            "The fitted law has a zero exponent or coefficient: it does not trade parameters against tokens, so it "
+            "states no compute-optimal split (nor what a 6B model would need). The ladder's D range is too narrow "
+            "to separate the two terms.",
+            "",
+        ]
     lines += [
-        f"Compute-optimal tokens per parameter at the ladder's largest compute ({analysis['compute']:.2e} FLOPs): "
-        f"**{ratio:.1f}** [{low:.1f}, {high:.1f}]. A 6B CogFM on this mixture would be compute-optimal at "
-        f"**{six_b / 1e9:.3g} B** tokens [{six_low / 1e9:.3g}, {six_high / 1e9:.3g}] by this law: an extrapolation "
-        f"over {np.log10(SIX_B / max(p['non_embedding_parameters'] for p in points)):.0f} orders of magnitude in N, "
-        "from models whose every run saw at most a few million tokens: read it as what the law says, not a plan.",
-        "",
         "## The forecast of the held-out size",
         "",
     ]
@@ -424,7 +450,7 @@ def write_report(ladder, command: str) -> Path:
             {
                 "law": law.__dict__,
                 "forecasts": [f.__dict__ for f in analysis["forecasts"]],
-                "tokens_per_parameter": analysis["tokens_per_parameter"],
+                "tokens_per_parameter": analysis.get("tokens_per_parameter"),
             },
             indent=1,
         )
