@@ -223,8 +223,14 @@ def test_compile_auto_compiles_runs_long_enough_to_pay_for_it(tmp_path, monkeypa
 def test_experiment_recipes_pin_their_precision():
     """`bf16: auto` trains one command in bf16 on a CPU with native bf16 and in fp32 elsewhere: an experiment's
     numbers would depend on the machine."""
-    experiments = [yaml.safe_load(path.read_text()) for path in RECIPES.glob("*.yaml")]
-    bases = {experiment["base"] for experiment in experiments if "base" in experiment}
-    assert bases >= {"ablation-base.yaml", "mixers-chains-base.yaml", "generalisation-base.yaml"}
-    for base in bases:
-        assert yaml.safe_load((RECIPES / base).read_text())["training"]["bf16"] in (True, False), base
+    experiments = {path.name: yaml.safe_load(path.read_text()) for path in RECIPES.glob("*.yaml")}
+    experiments = {name: experiment for name, experiment in experiments.items() if "base" in experiment}
+    assert {experiment["base"] for experiment in experiments.values()} >= {
+        "ablation-base.yaml",
+        "mixers-chains-base.yaml",
+        "generalisation-base.yaml",
+    }
+    for name, experiment in experiments.items():
+        base_precision = yaml.safe_load((RECIPES / experiment["base"]).read_text())["training"]["bf16"]
+        precision = experiment.get("changes", {}).get("training", {}).get("bf16", base_precision)
+        assert precision in (True, False), f"{name}: its base {experiment['base']} leaves bf16 to the machine"
