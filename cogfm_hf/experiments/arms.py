@@ -36,6 +36,9 @@ class Arm(Config):
     # results are filed under the recipe's task names, so arms in different formats compare bucket by bucket
     tasks: dict[str, str] = field(default_factory=dict)
     position_coupling: dict[str, Any] | None = None  # the training recipe's model.position_coupling
+    # Task -> knob overrides for every mixture component of that task (e.g. rules_map: {rules: 16}); the
+    # difficulty knob is the component's `difficulty`, which an arm does not change (the buckets stay the same)
+    knobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)  # SCHEDULE_FIELDS of TrainingArguments
     averaging: dict[str, Any] = field(default_factory=dict)  # AveragingConfig fields (final weight averaging)
 
@@ -59,6 +62,14 @@ class Arm(Config):
                 get_task(old), get_task(new)
             except ValueError as error:
                 raise self.invalid(f"tasks.{old}", str(error)) from None
+        for name, knobs in self.knobs.items():
+            try:
+                task = get_task(name)
+                if task.difficulty_knob in knobs:
+                    raise ValueError(f"sets the difficulty knob {task.difficulty_knob!r}, which the buckets are by")
+                task.knobs(**{**task.train_knobs, **knobs})
+            except ValueError as error:
+                raise self.invalid(f"knobs.{name}", str(error)) from None
 
 
 @dataclass
@@ -186,7 +197,15 @@ def merged_changes(config: AblationConfig, name: str, choices: dict[str, str], s
     if name in config.select:
         return merged_changes(config, choices[name], choices, (*seen, name))
     arm = config.arms[name]
-    changes: dict = {"loss": {}, "curriculum": {}, "model": {}, "tasks": {}, "schedule": {}, "averaging": {}}
+    changes: dict = {
+        "loss": {},
+        "curriculum": {},
+        "model": {},
+        "tasks": {},
+        "knobs": {},
+        "schedule": {},
+        "averaging": {},
+    }
     for ref in arm.like:
         inherited = merged_changes(config, ref, choices, (*seen, name))
         for key, value in inherited.items():
@@ -200,11 +219,14 @@ def merged_changes(config: AblationConfig, name: str, choices: dict[str, str], s
     changes["curriculum"] = {**changes["curriculum"], **arm.curriculum}
     changes["model"] = {**changes["model"], **arm.model}
     changes["tasks"] = {**changes["tasks"], **arm.tasks}
+    changes["knobs"] = {
+        task: {**changes["knobs"].get(task, {}), **arm.knobs.get(task, {})} for task in changes["knobs"] | arm.knobs
+    }
     changes["schedule"] = {**changes["schedule"], **arm.schedule}
     changes["averaging"] = {**changes["averaging"], **arm.averaging}
     if arm.position_coupling is not None:
         changes["position_coupling"] = arm.position_coupling
-    for key in ("model", "tasks", "schedule", "averaging"):
+    for key in ("model", "tasks", "knobs", "schedule", "averaging"):
         if not changes[key]:
             del changes[key]  # so the records of arms that keep these read as before
     return changes
@@ -231,6 +253,8 @@ def arm_recipe(
     for source in recipe["data"].get("sources", []):
         if source.get("type") == "tasks":
             for component in source["mixture"]:
+                if component["task"] in changes.get("knobs", {}):
+                    component["knobs"] = {**component.get("knobs", {}), **changes["knobs"][component["task"]]}
                 component["task"] = tasks.get(component["task"], component["task"])
                 for key in ("retry_p", "retry_variant"):
                     if key in changes:

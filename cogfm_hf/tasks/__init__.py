@@ -13,6 +13,7 @@ from .code import CodeTask
 from .logic import LogicTask
 from .mixture import Mixture, MixtureComponent
 from .retry import add_retries, strip_retries
+from .rules import MappingRulesTask, ModularRulesTask
 
 TASKS: dict[str, ReasoningTask] = {
     task.name: task
@@ -24,6 +25,8 @@ TASKS: dict[str, ReasoningTask] = {
         CodeTask(),
         AdditionTask(),
         ReversedAdditionTask(),
+        MappingRulesTask(),
+        ModularRulesTask(),
     )
 }
 
