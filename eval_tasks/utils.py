@@ -6,8 +6,10 @@ dependencies, finds the data beside itself, and reads answers with `answers.py` 
 `cogfm_hf/tasks/answers.py`).
 """
 
+import functools
 import importlib.util
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -90,6 +92,32 @@ def score_self_correction(doc: dict, results: list[str]) -> dict:
 
 
 NOT_APPLICABLE = float("nan")
+
+
+def score_reasoning_gym(doc: dict, results: list[str]) -> dict:
+    """Exact match of the extracted answer, and reasoning-gym's `score_answer` of it (NaN without reasoning-gym)."""
+    answer = results[0]
+    return {
+        "exact_match": float(answer == doc["answer"]),
+        "rg_score": reasoning_gym_score(doc["reasoning_gym"], answer),
+    }
+
+
+@functools.cache
+def _reasoning_gym_scorer(dataset: str):
+    try:
+        from reasoning_gym import get_score_answer_fn
+    except ImportError:
+        logging.getLogger(__name__).warning(
+            "reasoning-gym is not installed: rg_score is NaN (exact_match needs nothing); pip install reasoning-gym"
+        )
+        return None
+    return get_score_answer_fn(dataset)
+
+
+def reasoning_gym_score(entry: dict, answer: str) -> float:
+    scorer = _reasoning_gym_scorer(entry["dataset"])
+    return NOT_APPLICABLE if scorer is None else float(scorer(answer, entry))
 
 
 def mean_where_defined(values: list[float]) -> float:

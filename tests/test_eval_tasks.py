@@ -18,6 +18,7 @@ from lm_eval.tasks import TaskManager
 
 from cogfm_hf import CogFMForCausalLM
 from cogfm_hf.paths import EVAL_TASKS_DIR
+from cogfm_hf.tasks import get_task
 from cogfm_hf.tasks.answers import ANSWER_PREFIX, BACK
 from cogfm_hf.tasks.base import is_held_out
 from cogfm_hf.tasks.export import GENERATED
@@ -45,6 +46,7 @@ def test_eval_tasks_top_holds_the_hand_written_files_and_every_generated_yaml_is
     top = {p.name for p in EVAL_TASKS_DIR.iterdir() if p.name != "__pycache__"}
     assert top == {
         "_generation_template_yaml",
+        "_reasoning_gym_template_yaml",
         "_next_step_template_yaml",
         "_self_correction_template_yaml",
         "utils.py",
@@ -55,16 +57,17 @@ def test_eval_tasks_top_holds_the_hand_written_files_and_every_generated_yaml_is
     }
     generated = {p.relative_to(EVAL_TASKS_DIR).as_posix() for p in EVAL_TASKS_DIR.rglob("*cogfm_*.yaml")}
     assert generated == {f"{GENERATED}/{p.name}" for p in (EVAL_TASKS_DIR / GENERATED).iterdir()}
-    assert len(generated) == len(ALL_TASK_NAMES) + 7 * 3 + 4  # task files; groups: per task, id, ood; 4 more
+    assert len(generated) == len(ALL_TASK_NAMES) + 12 * 3 + 4  # task files; groups: per task, id, ood; 4 more
     # lm-eval resolves an include against the including file's folder: the templates are one level up.
     includes = {yaml.safe_load((EVAL_TASKS_DIR / p).read_text()).get("include") for p in generated}
     assert includes == {None} | {
-        f"../_{kind}_template_yaml" for kind in ("generation", "next_step", "self_correction")
+        f"../_{kind}_template_yaml" for kind in ("generation", "reasoning_gym", "next_step", "self_correction")
     }
 
 
 def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
-    assert len(TASK_NAMES) == 46 + 7 + 3  # generation buckets, self-correction per task, next-step tasks
+    # Generation buckets, self-correction per task that writes steps (not reasoning-gym's), next-step tasks.
+    assert len(TASK_NAMES) == 68 + 9 + 5
     assert DEV_TASK_NAMES == sorted(
         f"{name}_dev" for name in TASK_NAMES if not name.endswith(("_next_step", "_self_correction"))
     )
@@ -88,7 +91,7 @@ def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
     assert sorted(tasks) == TASK_NAMES  # the group reaches every task file, and nothing else
     # The headline group holds exactly the tasks its metric (exact match of the extracted answer) exists in.
     generation = [name for name in TASK_NAMES if not name.endswith(("_next_step", "_self_correction"))]
-    assert sorted(task_manager.load(["cogfm_reasoning"])["tasks"]) == generation and len(generation) == 46
+    assert sorted(task_manager.load(["cogfm_reasoning"])["tasks"]) == generation and len(generation) == 68
     for name, task in tasks.items():
         docs = list(task.test_docs())
         test_set = task.config.dataset_kwargs["test_set"]
@@ -118,7 +121,8 @@ def test_dev_sets_come_from_training_templates_and_share_no_problem_with_test(ta
         )
         assert {d["difficulty"] for d in docs} == {d["difficulty"] for d in test.test_docs()}, name  # the same bucket
         assert not any(is_held_out(d["template_id"]) for d in docs), name
-        assert not {d["prompt"] for d in docs} & test_prompts, name
+        if get_task(docs[0]["task"]).question_determines_template:  # a rule's k = 0 question is every rule's
+            assert not {d["prompt"] for d in docs} & test_prompts, name
 
 
 def _wrong_answer(doc) -> str:
@@ -186,6 +190,8 @@ def test_gold_solutions_score_100_percent_on_every_item(task_manager):
             assert flat[f"{name}/false_marker_rate"] == 0.0
         else:
             assert flat[f"{name}/exact_match"] == 1.0, name
+            if name.startswith("cogfm_rg_"):  # reasoning-gym's own verifier agrees
+                assert flat[f"{name}/rg_score"] == 1.0, name
     assert flat["cogfm_reasoning/exact_match"] == flat["cogfm_chains_ood/exact_match"] == 1.0
     assert (
         flat["cogfm_self_correction/self_corrected"] == 1.0 and flat["cogfm_self_correction/false_marker_rate"] == 0.0
@@ -202,6 +208,8 @@ def test_wrong_answers_score_0_percent_on_every_item(task_manager):
             assert flat[f"{name}/exact_match"] == flat[f"{name}/false_marker_rate"] == 0.0, name
         else:
             assert flat[f"{name}/exact_match"] == 0.0, name
+            if name.startswith("cogfm_rg_"):
+                assert flat[f"{name}/rg_score"] == 0.0, name
     assert flat["cogfm_reasoning/exact_match"] == flat["cogfm_self_correction/self_corrected"] == 0.0
     assert flat["cogfm_self_correction/marker_rate"] == 1.0 and flat["cogfm_next_step/acc"] == 0.0
 

@@ -13,6 +13,7 @@ from cogfm_hf.tasks.code import program_of, run_program
 from cogfm_hf.tasks.export import export, next_step_records, render, self_correction_records, stale_files
 
 TASK_NAMES = sorted(TASKS)
+STEP_TASK_NAMES = [name for name in TASK_NAMES if TASKS[name].writes_steps]  # reasoning-gym's write no scratchpad
 
 
 def take(generator, n):
@@ -86,7 +87,12 @@ def test_solution_length_grows_with_difficulty(name):
     means = []
     for level in range(low, high + 1):
         examples = take(task.generate(5, **{task.difficulty_knob: level}), 150)
-        means.append(statistics.mean(len(e.solution) for e in examples))
+        # Rule induction's difficulty is the pairs shown, reasoning-gym's has no scratchpad: their problem grows.
+        means.append(
+            statistics.mean(
+                len(e.solution if task.difficulty_knob not in ("k", "level") else e.text) for e in examples
+            )
+        )
     assert all(a < b for a, b in zip(means, means[1:])), means
 
 
@@ -106,7 +112,7 @@ def test_ood_buckets_keep_prompts_in_the_training_length_range(name):
         assert knobs[task.difficulty_knob] > task.train_knobs[task.difficulty_knob][1]
 
 
-@pytest.mark.parametrize("name", TASK_NAMES)
+@pytest.mark.parametrize("name", STEP_TASK_NAMES)
 @pytest.mark.parametrize("variant", ["real", "weak"])
 def test_stripping_retry_spans_restores_the_clean_solution(name, variant):
     task = TASKS[name]
@@ -123,7 +129,10 @@ def test_stripping_retry_spans_restores_the_clean_solution(name, variant):
         record = retried.to_record()  # spans re-based onto prompt + solution
         for s, e in record["marker_spans"]:
             assert record["text"][s:e] == BACK
-    assert written > 50
+    if variant == "weak" and name == "rules_map":  # one step: no later step's head to jump to
+        assert written == 0
+    else:
+        assert written > 50
 
 
 @pytest.mark.parametrize("name, p", [("arithmetic", 0.1), ("arithmetic", 0.3), ("code", 0.5)])
@@ -265,7 +274,7 @@ def test_exported_test_sets_are_reproducible_and_committed_up_to_date():
 
 
 def test_self_correction_items_pair_a_planted_mistake_with_the_true_next_step():
-    for task in TASKS.values():
+    for task in (TASKS[name] for name in STEP_TASK_NAMES):
         records = self_correction_records(task, 40)
         assert len({r["id"] for r in records}) == 40 and [r["planted"] for r in records] == [True, False] * 20
         for planted, control in zip(records[::2], records[1::2]):

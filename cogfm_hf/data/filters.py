@@ -133,20 +133,38 @@ def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
+HELD_OUT_QUESTION = "heldout_question"  # the removal reason of a task document asking a test item's question
+
+
 class Decontaminate(BaseFilter):
     """Drops corpus documents sharing any word n-gram (default 13, as GPT-3 and OLMo) with a test item
-    under the evaluation directory (every *.jsonl there: prompt + solution + answer of each item).
+    under the evaluation directory (every *.jsonl there: prompt + solution + answer of each item); `n=None` turns
+    the n-gram test off (the recipe's `decontamination.enabled: false`).
 
     Generated task examples are decontaminated structurally instead: their stream never produces a
     held-out template. An n-gram test means nothing for them — scratchpads over a ten-digit vocabulary
-    share 13-grams with test items by construction (a trial build flagged 28% of generated examples)."""
+    share 13-grams with test items by construction (a trial build flagged 28% of generated examples). What is
+    checked for them, always, is the question: a task document whose normalised question (its `question`
+    metadata, `ReasoningTask.question_of`) equals a test item's is removed as
+    `heldout_question`, and the build refuses to publish (`HeldOutQuestionError`): a generator leaked."""
 
     name = "🧪 decontaminate"
 
-    def __init__(self, eval_dir: str, n: int = 13, exclusion_writer=None):
+    def __init__(self, eval_dir: str, n: int | None = 13, exclusion_writer=None):
         super().__init__(exclusion_writer)
         self.eval_dir, self.n = eval_dir, n
         self._index = None
+        self._questions = None
+
+    def test_files(self) -> list[Path]:
+        """The test sets under `eval_dir`: what its manifest lists as split `test` (dev sets are drawn from training
+        templates), or every *.jsonl where there is no manifest."""
+        manifest = Path(self.eval_dir) / "manifest.json"
+        files = sorted(Path(self.eval_dir).glob("*.jsonl"))
+        if manifest.exists():
+            splits = {name: info.get("split") for name, info in json.loads(manifest.read_text())["files"].items()}
+            files = [path for path in files if splits.get(path.name, "test") == "test"]
+        return files
 
     def index(self) -> dict[tuple[str, ...], str]:
         if self._index is None:
@@ -159,9 +177,35 @@ class Decontaminate(BaseFilter):
                         self._index.setdefault(gram, f"{path.name}:{item.get('id', '?')}")
         return self._index
 
+    def questions(self) -> dict[str, str]:
+        """Question key -> test item, over the test sets' prompts."""
+        from ..tasks import get_task
+
+        if self._questions is None:
+            self._questions = {}
+            for path in self.test_files():
+                for line in path.read_text().splitlines():
+                    item = json.loads(line)
+                    question = get_task(item["task"]).question_of(item["prompt"])
+                    if question:
+                        self._questions.setdefault(question, f"{path.name}:{item.get('id', '?')}")
+        return self._questions
+
     def filter(self, doc: Document):
         if doc.metadata.get("kind") == "task":
+            leaked = self.questions().get(doc.metadata.get("question", ""))
+            if leaked:
+                doc.metadata["contaminated_by"] = leaked
+                return False, HELD_OUT_QUESTION
             return True
+        if self.n is None:
+            return True
+        index = self.index()
+        for gram in word_ngrams(doc.text, self.n):
+            if gram in index:
+                doc.metadata["contaminated_by"] = index[gram]
+                return False, "contaminated"
+        return True
         index = self.index()
         for gram in word_ngrams(doc.text, self.n):
             if gram in index:

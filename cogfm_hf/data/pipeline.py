@@ -15,6 +15,7 @@ Output:
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import random
@@ -43,7 +44,15 @@ from tqdm import tqdm
 
 from ..config import RecipeError
 from ..paths import EVAL_DATA_DIR
-from .filters import PROSE_FILTERS, CodeQualityFilter, Decontaminate, KindFilter, LengthFilter, TextNormalizer
+from .filters import (
+    HELD_OUT_QUESTION,
+    PROSE_FILTERS,
+    CodeQualityFilter,
+    Decontaminate,
+    KindFilter,
+    LengthFilter,
+    TextNormalizer,
+)
 from .pack import PackTokens
 from .recipe import DataRecipe
 from .report import build_report, print_report
@@ -132,12 +141,15 @@ def pipelines(recipe: DataRecipe, work: Path) -> dict[str, tuple[list, int]]:
         TextNormalizer(recipe.clean.normalization),
         LengthFilter(recipe.clean.min_chars, recipe.clean.max_chars, exclusion_writer=_removed_writer(work, "length")),
     ]
-    if recipe.decontamination.enabled:  # before quality filters, so a leak is reported as one whatever else it is
-        curate.append(
-            Decontaminate(
-                eval_dir, recipe.decontamination.ngram, exclusion_writer=_removed_writer(work, "decontamination")
-            )
+    # Before quality filters, so a leak is reported as one whatever else it is; the question check of task documents
+    # runs even where the n-gram test is turned off.
+    curate.append(
+        Decontaminate(
+            eval_dir,
+            recipe.decontamination.ngram if recipe.decontamination.enabled else None,
+            exclusion_writer=_removed_writer(work, "decontamination"),
         )
+    )
     for name, kwargs in (recipe.filters.prose or {}).items():
         if kwargs is not None:
             curate.append(
@@ -330,6 +342,27 @@ class EmptyBuildError(RecipeError):
         )
 
 
+class HeldOutQuestionError(RecipeError):
+    """A generated training document asks a test item's question; nothing was published."""
+
+
+def check_no_held_out_questions(work: Path) -> None:
+    """Refuses the build when curation removed any task document for asking a test item's question (it would mean a
+    generator's held-out split leaks), naming the first few and where all of them are."""
+    folder = work / "removed" / "decontamination" / HELD_OUT_QUESTION
+    leaks = []
+    for path in sorted(folder.glob("*.jsonl.gz")):
+        with gzip.open(path, "rt") as handle:
+            leaks += [json.loads(line) for line in handle]
+    if leaks:
+        shown = "; ".join(f"{leak['id']} asks {leak['metadata']['contaminated_by']}" for leak in leaks[:3])
+        raise HeldOutQuestionError(
+            f"{len(leaks)} generated training document(s) ask the question of a held-out test item ({shown}); all "
+            f"are in {folder}. The task's held-out split leaks: fix its generator (or the test sets), then rebuild",
+            "data.sources",
+        )
+
+
 def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) -> Path:
     output = Path(recipe.output_dir).resolve()
     fingerprint = recipe.fingerprint()
@@ -362,6 +395,8 @@ def build(recipe: DataRecipe, overwrite: bool = False, keep_work: bool = False) 
         print(f"== stage {name} ({tasks} task{'s' * (tasks > 1)})", flush=True)
         run_stage(name, steps, tasks, recipe.workers, work)
         seconds[name] = time.perf_counter() - start
+        if name == "curate":
+            check_no_held_out_questions(work)
 
     report = build_report(recipe, work, list(stages))
     if not report["totals"]["sequences"]:

@@ -239,7 +239,7 @@ class SourcesReader(PipelineStep):
             yield self.document(source, text, location, kind)
 
     def read_tasks(self, source, span: tuple[int, int], world_size: int):
-        from ..tasks import Mixture
+        from ..tasks import Mixture, get_task
 
         mixture = Mixture(source.mixture, seed=source.seed)
         for index in range(*span):
@@ -252,6 +252,7 @@ class SourcesReader(PipelineStep):
                 task=record["task"],
                 difficulty=record["difficulty"],
                 template_id=record["template_id"],
+                question=get_task(record["task"]).question_of(record["prompt"]),  # the build's leak check reads it
                 error_spans=record["error_spans"],
                 marker_spans=record["marker_spans"],
             )

@@ -12,6 +12,8 @@ from .chains import ChainsTask, PlannedChainsTask
 from .code import CodeTask
 from .logic import LogicTask
 from .mixture import Mixture, MixtureComponent
+from .reasoning_gym import PREFIX as REASONING_GYM_PREFIX
+from .reasoning_gym import ReasoningGymTask, reasoning_gym_tasks, task_name
 from .retry import add_retries, strip_retries
 from .rules import MappingRulesTask, ModularRulesTask
 
@@ -27,11 +29,16 @@ TASKS: dict[str, ReasoningTask] = {
         ReversedAdditionTask(),
         MappingRulesTask(),
         ModularRulesTask(),
+        *reasoning_gym_tasks(),
     )
 }
 
 
 def get_task(name: str) -> ReasoningTask:
+    """A task by name; `rg:<dataset>` names a reasoning-gym dataset (cogfm_hf.tasks.reasoning_gym)."""
+    if name.startswith(REASONING_GYM_PREFIX):
+        dataset = name[len(REASONING_GYM_PREFIX) :]
+        return TASKS.get(task_name(dataset)) or ReasoningGymTask(dataset)  # the latter raises, naming the offer
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
     return TASKS[name]
@@ -42,6 +49,7 @@ __all__ = [
     "get_task",
     "Example",
     "ReasoningTask",
+    "ReasoningGymTask",
     "BACK",
     "Mixture",
     "MixtureComponent",

@@ -27,6 +27,16 @@ def template_id(shape: str) -> str:
     return hashlib.sha256(shape.encode()).hexdigest()[:16]
 
 
+def normalised_question(text: str) -> str:
+    """What two questions are compared by: case-folded, whitespace collapsed, trailing whitespace removed."""
+    return " ".join(text.casefold().split())
+
+
+def question_key(text: str) -> str:
+    """A short, stable hash of the normalised question: the held-out split and the build's leak check read it."""
+    return template_id("question|" + normalised_question(text))
+
+
 def is_held_out(template: str) -> bool:
     return int(template[:8], 16) / 2**32 < HELD_OUT_FRACTION
 
@@ -107,6 +117,11 @@ class ReasoningTask:
     buckets: dict[str, tuple[str, dict]] = {}
     train_knobs: dict = {}
     answer_pattern: str = r"-?\d+"
+    # Whether a question has one template: then a training document asking a test item's question is a leak, and the
+    # build refuses it (not so for rule induction, where a question showing 0 or 1 pairs is asked of many rules).
+    question_determines_template: bool = True
+    writes_steps: bool = True  # a scratchpad: what retry data, self-correction and next-step sets are made from
+    lm_eval_template: str = "_generation_template_yaml"  # what the exported generation tasks include
 
     def knobs(self, **overrides) -> dict:
         unknown = set(overrides) - set(self.default_knobs)
@@ -146,6 +161,13 @@ class ReasoningTask:
             f"{self.name}: no {split} template found in {max_tries} draws with knobs {knobs}; "
             "these knobs allow too few distinct solution shapes — widen them."
         )
+
+    def question_of(self, prompt: str) -> str:
+        """What the build's leak check compares, within one task (in another format the same string may be another
+        problem: `826+2=?` in addition_lsd is 628 + 2): '' where a question does not determine a template."""
+        if not self.question_determines_template:
+            return ""
+        return f"{self.name}:{question_key(prompt)}"
 
     def answer_candidates(self, prompt: str) -> list[str] | None:
         """The only admissible answers, where the prompt names them (None: any answer-shaped token)."""

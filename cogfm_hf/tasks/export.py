@@ -69,6 +69,7 @@ def generation_records(task, bucket: str, count: int, dev: bool = False) -> list
                 solution=example.solution,
                 answer=example.answer,
                 **_answer_fields(task, example.prompt),
+                **({"reasoning_gym": example.meta["reasoning_gym"]} if "reasoning_gym" in example.meta else {}),
             )
         )
     return records
@@ -212,7 +213,7 @@ def render(tasks: dict, per_set: int) -> dict[str, bytes]:
             test_set, records = f"{task.name}_{bucket}", generation_records(task, bucket, per_set)
             add_set(test_set, task, bucket, kind, records)
             files[f"{GENERATED}/cogfm_{test_set}.yaml"] = _task_yaml(
-                "_generation_template_yaml",
+                task.lm_eval_template,
                 f"cogfm_{test_set}",
                 test_set,
                 {"tag": [f"cogfm_{kind}"], **_generation_kwargs(records)},
@@ -221,7 +222,7 @@ def render(tasks: dict, per_set: int) -> dict[str, bytes]:
             dev_set, records = f"{test_set}_dev", generation_records(task, bucket, max(1, per_set // 2), dev=True)
             add_set(dev_set, task, bucket, kind, records, split="dev")
             files[f"{GENERATED}/cogfm_{dev_set}.yaml"] = _task_yaml(
-                "_generation_template_yaml",
+                task.lm_eval_template,
                 f"cogfm_{dev_set}",
                 dev_set,
                 {"tag": ["cogfm_dev"], **_generation_kwargs(records)},
@@ -236,6 +237,8 @@ def render(tasks: dict, per_set: int) -> dict[str, bytes]:
             )
         )
         subgroups.append(f"cogfm_{task.name}")
+        if not task.writes_steps:
+            continue  # no steps to plant a mistake in or to choose between
 
         test_set, records = f"{task.name}_self_correction", self_correction_records(task, per_set)
         add_set(test_set, task, "self_correction", "id", records)

@@ -66,7 +66,7 @@ class Mixture:
                 task = get_task(component.task)
                 if not component.weight > 0:
                     raise ValueError(f"weight must be > 0, got {component.weight!r}")
-                check_retry(component.retry_p, component.retry_variant)
+                check_retry(component.retry_p, component.retry_variant, task)
                 if (component.retry_variant == "on_policy") != (component.retry_model is not None):
                     raise ValueError(
                         "retry_model (a checkpoint folder) is what retry_variant on_policy draws its mistakes from: "

@@ -22,11 +22,16 @@ from .base import Example, ReasoningTask
 VARIANTS = ("real", "weak", "on_policy")
 
 
-def check_retry(p: float, variant: str) -> None:
+def check_retry(p: float, variant: str, task: ReasoningTask) -> None:
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
         raise ValueError(f"retry p must be a number in [0, 1), got {p!r}")
     if variant not in VARIANTS:
         raise ValueError(f"retry variant must be one of {VARIANTS}, got {variant!r}")
+    if p > 0 and not task.writes_steps:
+        raise ValueError(
+            f"retry_p {p} asks for retry data, which is written into a solution's steps: {task.name} has none (its "
+            "solution is the answer alone; retry data comes from our own generators); set retry_p to 0 for it"
+        )
 
 
 def weak_mistake(example: Example, step_index: int, rng: random.Random, task: ReasoningTask) -> str | None:
@@ -39,7 +44,7 @@ def add_retries(
 ) -> Example:
     """A copy of `example` whose solution carries retry mistakes (see the module docstring); the on_policy variant
     draws them from `model_mistakes` (an `on_policy.ModelMistakes`)."""
-    check_retry(p, variant)
+    check_retry(p, variant, task)
     if (variant == "on_policy") != (model_mistakes is not None):
         raise ValueError("retry: the on_policy variant, and only it, draws its mistakes from a model: give both")
     draw_mistake = {

@@ -51,6 +51,7 @@ class RuleInductionTask(ReasoningTask):
     train_knobs = dict(k=TRAIN_K)
     answer_pattern = r"\d+"
     rule_knobs: tuple[str, ...] = ()  # the knobs a rule is drawn from (its key names them)
+    question_determines_template = False  # "Examples: none. Query: 9 -> ?" is asked of every rule
 
     def max_k(self, knobs: dict) -> int:
         raise NotImplementedError
@@ -121,7 +122,6 @@ class RuleInductionTask(ReasoningTask):
 class MappingRulesTask(RuleInductionTask):
     name = "rules_map"
     default_knobs = dict(k=3, rules=None, burstiness=0.9)
-    answer_pattern = r"\d"
     buckets = k_buckets(burstiness=1.0)  # a held-out rule answers only a shown word
 
     def max_k(self, knobs):
