@@ -133,6 +133,14 @@ def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
+def test_items(paths: list[Path]):
+    """(`file:id`, item) for every line of the JSONL test sets `paths`."""
+    for path in paths:
+        for line in path.read_text().splitlines():
+            item = json.loads(line)
+            yield f"{path.name}:{item.get('id', '?')}", item
+
+
 HELD_OUT_QUESTION = "heldout_question"  # the removal reason of a task document asking a test item's question
 
 
@@ -169,12 +177,10 @@ class Decontaminate(BaseFilter):
     def index(self) -> dict[tuple[str, ...], str]:
         if self._index is None:
             self._index = {}
-            for path in sorted(Path(self.eval_dir).glob("*.jsonl")):
-                for line in path.read_text().splitlines():
-                    item = json.loads(line)
-                    text = " ".join(str(item.get(k, "")) for k in ("prompt", "solution", "answer"))
-                    for gram in word_ngrams(text, self.n):
-                        self._index.setdefault(gram, f"{path.name}:{item.get('id', '?')}")
+            for name, item in test_items(sorted(Path(self.eval_dir).glob("*.jsonl"))):
+                text = " ".join(str(item.get(k, "")) for k in ("prompt", "solution", "answer"))
+                for gram in word_ngrams(text, self.n):
+                    self._index.setdefault(gram, name)
         return self._index
 
     def questions(self) -> dict[str, str]:
@@ -183,12 +189,10 @@ class Decontaminate(BaseFilter):
 
         if self._questions is None:
             self._questions = {}
-            for path in self.test_files():
-                for line in path.read_text().splitlines():
-                    item = json.loads(line)
-                    question = get_task(item["task"]).question_of(item["prompt"])
-                    if question:
-                        self._questions.setdefault(question, f"{path.name}:{item.get('id', '?')}")
+            for name, item in test_items(self.test_files()):
+                question = get_task(item["task"]).question_of(item["prompt"])
+                if question:
+                    self._questions.setdefault(question, name)
         return self._questions
 
     def filter(self, doc: Document):
@@ -200,12 +204,6 @@ class Decontaminate(BaseFilter):
             return True
         if self.n is None:
             return True
-        index = self.index()
-        for gram in word_ngrams(doc.text, self.n):
-            if gram in index:
-                doc.metadata["contaminated_by"] = index[gram]
-                return False, "contaminated"
-        return True
         index = self.index()
         for gram in word_ngrams(doc.text, self.n):
             if gram in index:
