@@ -160,6 +160,28 @@ def test_format_arms_change_only_the_task_and_its_evaluation_and_file_results_un
     }
 
 
+def test_knob_arms_change_only_their_tasks_knobs_and_the_data_they_build(tmp_path):
+    config, base = load_ablation(ABLATION_RECIPE.parent / "rules.yaml")
+    baseline, few = (resolved(config, base, arm, tmp_path) for arm in ("baseline", "rules_16"))
+    assert differing(few, baseline) - ALWAYS == {
+        "data.sources.0.mixture.0.knobs.rules",
+        "data.sources.0.mixture.1.knobs.rules",
+    }
+    assert [component["knobs"] for component in few["data"]["sources"][0]["mixture"]] == [{"rules": 16}] * 2
+    assert merged_changes(config, "rules_64", {})["knobs"] == {"rules_map": {"rules": 64}, "rules_mod": {"rules": 64}}
+    text = (ABLATION_RECIPE.parent / "rules.yaml").read_text()
+    (tmp_path / "rules-base.yaml").write_text((ABLATION_RECIPE.parent / "rules-base.yaml").read_text())
+    for knobs, message in (
+        ("{k: 3}", "arms.rules_16.knobs.rules_mod: sets the difficulty knob 'k'"),
+        ("{rule: 3}", r"arms.rules_16.knobs.rules_mod: rules_mod: unknown knob\(s\) \['rule'\]"),
+        ("{rules: 90}", "arms.rules_16.knobs.rules_mod: .*asks for 90 training rules; only 81 exist"),
+    ):
+        path = tmp_path / "rules.yaml"
+        path.write_text(text.replace("rules_mod: {rules: 16}", f"rules_mod: {knobs}"))
+        with pytest.raises(RecipeError, match=message):
+            load_ablation(path)
+
+
 def test_bad_ablation_recipes_name_the_field(tmp_path):
     text = ABLATION_RECIPE.read_text()
 
@@ -431,7 +453,8 @@ def test_quick_ablation_runs_end_to_end_with_equal_token_budgets(tmp_path):
         len(table) == len(main) and {line.count("|") for line in table} == {table[0].count("|")} for table in tables
     )
     assert [line.split(" | ")[0] for line in main[2:]] == [f"| {arm}" for arm in summary["arms"]]
-    for name in ("ablation-accuracy-by-difficulty.png", "ablation-learning-curves.png", "ablation-loss-curves.png"):
+    plots = ("accuracy-by-difficulty", "learning-curves", "curves-by-task", "loss-curves")
+    for name in (f"ablation-{plot}.png" for plot in plots):
         assert (quick / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Learnability gate" in text
     # Every report names the precision and the machine its runs trained with (`bf16: auto` differs by machine).

@@ -4,7 +4,8 @@ An ablation recipe (training/recipes/ablation.yaml) names a base training recipe
 arms that change only what they study: retry data (`retry_p`, `retry_variant`, applied to every task in
 the data mixture; `retry_model` for the model-drawn variant), the loss on mistakes (`loss`), the data order
 (`curriculum`), the learning-rate schedule and final weight averaging (`schedule`, `averaging`), the format
-(`tasks`, `position_coupling`) and the architecture (`model`: CogFMConfig fields over the base's model overrides,
+(`tasks`, `position_coupling`), a task's knobs (`knobs`, e.g. how many distinct rules rule induction trains on;
+training/recipes/rules.yaml) and the architecture (`model`: CogFMConfig fields over the base's model overrides,
 e.g. `layer_types` or `canon_set`; training/recipes/mixers-*.yaml). An arm may start from another arm or from a
 selection (`like: [best_retry]`), the best of a set of arms on the dev sets.
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.recipe import DataRecipe
-from .plots import plot_arms_by_difficulty, plot_learning_curves, plot_loss_curves
+from .plots import plot_arms_by_difficulty, plot_curves_by_task, plot_learning_curves, plot_loss_curves
 from .selection import chosen_learning_rate, dev_score, selection_choices, sweep_runs
 from .stats import comparison_rng, items, mean_std, paired_bootstrap, ratio
 
@@ -394,6 +394,7 @@ def write_report(
     plots = [
         plot_arms_by_difficulty(summary, report_dir / "ablation-accuracy-by-difficulty.png"),
         plot_learning_curves(summary, report_dir / "ablation-learning-curves.png"),
+        plot_curves_by_task(summary, report_dir / "ablation-curves-by-task.png"),
         plot_loss_curves(summary, report_dir / "ablation-loss-curves.png"),
     ]
     body = markdown(summary, command)

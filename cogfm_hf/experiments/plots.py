@@ -76,6 +76,43 @@ def plot_learning_curves(summary: dict, path: Path, experiment: str = "Ablation"
     )
 
 
+def plot_curves_by_task(summary: dict, path: Path, experiment: str = "Ablation") -> Path | None:
+    """One panel per in-loop task: each arm's exact match over training, mean over seeds with their range shaded.
+    Where the ID mean hides it, this shows what a single set does: in-context learning that comes and goes (Singh
+    et al., arXiv 2311.08360), or a deeper bucket learned later than a shallow one."""
+    tasks = sorted({t for row in summary["arms"].values() for c in row["curve"] for p in c for t in p["exact_match"]})
+    if not tasks:
+        return None
+    columns = min(4, len(tasks))
+    rows = -(-len(tasks) // columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(3.2 * columns, 2.6 * rows), sharex=True, sharey=True, squeeze=False
+    )
+    for ax, task in zip(axes.flat, tasks):
+        for arm, row in summary["arms"].items():
+            curves = [[(p["tokens"], p["exact_match"].get(task)) for p in curve] for curve in row["curve"]]
+            length = min((len(c) for c in curves), default=0)
+            if length == 0 or any(c[i][1] is None for c in curves for i in range(length)):
+                continue
+            tokens = [np.mean([c[i][0] for c in curves]) / 1e6 for i in range(length)]
+            values = np.array([[100 * c[i][1] for i in range(length)] for c in curves])
+            (line,) = ax.plot(tokens, values.mean(axis=0), marker=".", label=arm)
+            ax.fill_between(tokens, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.15)
+        ax.set_title(task.removeprefix("cogfm_"), fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(tasks) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.supxlabel("non-padding training tokens (M)")
+    fig.supylabel("in-loop exact match (%)")
+    fig.suptitle(f"{experiment}: each in-loop set over training (mean over seeds, range shaded)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_loss_curves(summary: dict, path: Path, experiment: str = "Ablation") -> Path | None:
     """Training loss against tokens, mean over each arm's seeds (arms whose records hold the loss)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
