@@ -103,6 +103,10 @@ def test_rule_test_sets_ask_held_out_rules_with_k_pairs_in_the_prompt():
                 assert (query in dict(pairs)) == (shown and k > 0), item["id"]
                 if shown and k > 0:
                     assert dict(pairs)[query] == item["answer"]
+                # The level a model reaches without the lookup: one shown output, uniformly (rules_map); a residue.
+                outputs = [y for _, y in pairs]
+                guess = outputs.count(item["answer"]) / k if shown and k > 0 else (1 / 10 if shown else 1 / 11)
+                assert get_task(name).guess_accuracy(item["prompt"], item["answer"]) == pytest.approx(guess)
     # Every k = 8 prompt of rules_map shows the whole mapping; the pairs agree with one rule.
     item = json.loads((EVAL_DATA_DIR / "rules_map_k8.jsonl").read_text().splitlines()[0])
     assert len(set(re.findall(r"(\w+) -> ", item["prompt"].split("\n")[0]))) == MAP_INPUTS

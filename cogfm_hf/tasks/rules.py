@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 
 from .base import Example, ReasoningTask, check_range, draw, is_held_out, seeded_rng, template_id
 from .logic import WORDS
@@ -118,6 +119,11 @@ class RuleInductionTask(ReasoningTask):
     def answer_range(self, example: Example) -> int:
         raise NotImplementedError
 
+    def guess_accuracy(self, prompt: str, answer: str) -> float:
+        """How often a guess that does not use the rule is right on this item: what a model scores before it learns
+        the lookup (rules_map: any shown output, uniformly; rules_mod: any residue)."""
+        raise NotImplementedError
+
 
 class MappingRulesTask(RuleInductionTask):
     name = "rules_map"
@@ -153,6 +159,10 @@ class MappingRulesTask(RuleInductionTask):
 
     def answer_range(self, example):
         return 10
+
+    def guess_accuracy(self, prompt, answer):
+        outputs = re.findall(r"-> (\d+)", prompt.split("\n")[0])
+        return outputs.count(answer) / len(outputs) if outputs else 1 / 10
 
 
 class ModularRulesTask(RuleInductionTask):
@@ -201,3 +211,6 @@ class ModularRulesTask(RuleInductionTask):
 
     def answer_range(self, example):
         return int(example.steps[0].split("mod ")[1])
+
+    def guess_accuracy(self, prompt, answer):
+        return 1 / self.default_knobs["modulus"]  # the test sets' modulus
