@@ -13,6 +13,7 @@ import yaml
 from cogfm_hf.config import RecipeError
 from cogfm_hf.experiments.ablation import main as ablate_main
 from cogfm_hf.experiments.ablation_report import (
+    _changes,
     headroom_tasks,
     markdown,
     markers_on,
@@ -169,6 +170,8 @@ def test_knob_arms_change_only_their_tasks_knobs_and_the_data_they_build(tmp_pat
     }
     assert [component["knobs"] for component in few["data"]["sources"][0]["mixture"]] == [{"rules": 16}] * 2
     assert merged_changes(config, "rules_64", {})["knobs"] == {"rules_map": {"rules": 64}, "rules_mod": {"rules": 64}}
+    # The report names what the arm changes.
+    assert _changes(merged_changes(config, "rules_16", {})) == "knobs.rules_map.rules=16, knobs.rules_mod.rules=16"
     text = (ABLATION_RECIPE.parent / "rules.yaml").read_text()
     (tmp_path / "rules-base.yaml").write_text((ABLATION_RECIPE.parent / "rules-base.yaml").read_text())
     for knobs, message in (

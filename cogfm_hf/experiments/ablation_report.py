@@ -219,6 +219,7 @@ def _changes(changes: dict) -> str:
     parts = [f"{k}={v}" for k, v in changes.items() if not isinstance(v, dict)]
     sections = ("loss", "curriculum", "model", "tasks", "position_coupling", "schedule", "averaging")
     parts += [f"{section}.{k}={v}" for section in sections for k, v in changes.get(section, {}).items()]
+    parts += [f"knobs.{task}.{k}={v}" for task, knobs in changes.get("knobs", {}).items() for k, v in knobs.items()]
     return ", ".join(parts) or "(none)"
 
 
