@@ -133,7 +133,7 @@ def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def test_items(paths: list[Path]):
+def read_test_items(paths: list[Path]):
     """(`file:id`, item) for every line of the JSONL test sets `paths`."""
     for path in paths:
         for line in path.read_text().splitlines():
@@ -177,7 +177,7 @@ class Decontaminate(BaseFilter):
     def index(self) -> dict[tuple[str, ...], str]:
         if self._index is None:
             self._index = {}
-            for name, item in test_items(sorted(Path(self.eval_dir).glob("*.jsonl"))):
+            for name, item in read_test_items(sorted(Path(self.eval_dir).glob("*.jsonl"))):
                 text = " ".join(str(item.get(k, "")) for k in ("prompt", "solution", "answer"))
                 for gram in word_ngrams(text, self.n):
                     self._index.setdefault(gram, name)
@@ -189,7 +189,7 @@ class Decontaminate(BaseFilter):
 
         if self._questions is None:
             self._questions = {}
-            for name, item in test_items(self.test_files()):
+            for name, item in read_test_items(self.test_files()):
                 question = get_task(item["task"]).question_of(item["prompt"])
                 if question:
                     self._questions.setdefault(question, name)
