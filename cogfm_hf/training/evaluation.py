@@ -24,7 +24,12 @@ import torch
 from datasets import Dataset
 from lm_eval.models.huggingface import HFLM
 from transformers import StoppingCriteria, TrainerCallback
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import (
+    DynamicCache,
+    DynamicLayer,
+    LinearAttentionAndFullAttentionLayer,
+    LinearAttentionLayer,
+)
 
 from ..config import Config
 from ..paths import DIFFICULTY_METRIC_DIR, EVAL_TASKS_DIR
@@ -93,15 +98,13 @@ class AnswerLineComplete(StoppingCriteria):
         return torch.tensor(self.done, device=input_ids.device)
 
 
-class GrowingLayer(DynamicLayer):
-    """A DynamicLayer whose keys and values live in a buffer that doubles when full. DynamicLayer concatenates the
-    whole cache with each new token, O(length) per token: at evaluation lengths (prompts of ~150 tokens, ~250
-    generated) that copying was ~60% of decoding time on a CPU. The attention reads the same values through a
-    view, so the outputs are those of DynamicLayer (tests/test_evaluation.py compares the tokens)."""
+class GrowingKeysValues:
+    """Keys and values in a buffer that doubles when full, for a cache layer that would concatenate the whole cache
+    with each new token (DynamicLayer: O(length) per token; at evaluation lengths, prompts of ~150 tokens and ~250
+    generated, that copying was ~60% of decoding time on a CPU). The attention reads the same values through a
+    view, so the outputs are those of the layer it is mixed into (tests/test_evaluation.py compares the tokens)."""
 
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+    _buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -109,7 +112,7 @@ class GrowingLayer(DynamicLayer):
         length = self.get_seq_length()
         new_length = length + key_states.shape[-2]
         buffers = self._buffers
-        # Rebuilt from keys/values when full, and when something replaced them (crop, batch_select_indices, ...).
+        # Rebuilt from keys/values when full, and when something replaced them (crop, reset, batch_select_indices).
         if buffers is None or buffers[0].shape[-2] < new_length or self.keys.data_ptr() != buffers[0].data_ptr():
             capacity = max(64, 2 * new_length)
             buffers = tuple(
@@ -126,15 +129,31 @@ class GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
 
+class GrowingLayer(GrowingKeysValues, DynamicLayer):
+    """A full-attention layer's cache: keys and values only."""
+
+
+class GrowingStateLayer(GrowingKeysValues, LinearAttentionAndFullAttentionLayer):
+    """An attention layer's cache that also keeps convolution state (Canon layers; a hybrid layer's SSM): the
+    states are transformers' own, only the keys and values grow by doubling."""
+
+
 def growing_cache(config) -> DynamicCache | None:
-    """A DynamicCache of GrowingLayers for a model whose layers are all full attention and keep no convolution state
-    (None otherwise: generate() then makes its own cache)."""
-    if getattr(config, "keeps_convolution_state", False):
-        return None
+    """A DynamicCache whose attention layers grow by doubling (GrowingLayer, GrowingStateLayer): the layers
+    transformers lays out from `config.layer_types`, with the convolution states each layer keeps (a Canon
+    attention layer keeps `number_of_conv_states`); None for a config that does not say what its layers keep
+    (generate() then makes its own cache)."""
     cache = DynamicCache(config=config)
-    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+    canon = bool(getattr(config, "canon_set", ""))
+    if canon and getattr(config, "number_of_conv_states", None) is None:
         return None
-    cache.layers = [GrowingLayer() for _ in cache.layers]
+    for index, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer:
+            cache.layers[index] = GrowingStateLayer(config.number_of_conv_states) if canon else GrowingLayer()
+        elif type(layer) is LinearAttentionAndFullAttentionLayer:
+            cache.layers[index] = GrowingStateLayer(layer.number_of_states)
+        elif type(layer) is not LinearAttentionLayer:  # a kind this was not written for: leave it to generate()
+            return None
     return cache
 
 
