@@ -23,7 +23,6 @@ from typing import ClassVar
 import torch
 from datasets import Dataset
 from lm_eval.models.huggingface import HFLM
-from tqdm import tqdm
 from transformers import StoppingCriteria, TrainerCallback
 from transformers.cache_utils import (
     DynamicCache,
@@ -158,89 +157,19 @@ def growing_cache(config) -> DynamicCache | None:
     return cache
 
 
-class TokenBudgets(StoppingCriteria):
-    """Marks each row of a batched generate() done once it has generated its own budget of tokens: rows whose
-    tasks allow different lengths (`max_gen_toks`) share a batch, and each ends where it would have alone."""
-
-    def __init__(self, budgets: list[int], prompt_length: int):
-        self.budgets, self.prompt_length = torch.tensor(budgets), prompt_length
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return (input_ids.shape[1] - self.prompt_length >= self.budgets).to(input_ids.device)
-
-
 class AnswerLineHFLM(HFLM):
-    """lm-eval's HF model (what `lm_eval --model hf` runs) with three changes: each generation also stops once its
+    """lm-eval's HF model (what `lm_eval --model hf` runs) with two changes: each generation also stops once its
     answer line is complete, instead of running on to the task's `until` or max_gen_toks (what a model writes after
-    it is never scored); requests that differ only in max_gen_toks share batches, each row stopping at its own
-    budget (lm-eval batches each task apart, so an in-loop evaluation of 20 items per task decoded batches of 20);
-    and the KV cache grows by doubling a buffer (GrowingLayer). The scores are those of the plain model
-    (tests/test_evaluation.py holds the responses equal)."""
-
-    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """HFLM.generate_until (lm-eval 0.4) with batches across tasks: requests are grouped by their generation
-        arguments without max_gen_toks, sorted longest context first, batched, and each row's continuation is cut
-        at its own budget. A group whose longest context would be left-truncated with the largest budget keeps
-        lm-eval's batching by budget, so no context is cut where it was not before."""
-        from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
-
-        if self.batch_size == "auto" or self.think_end_token is not None:  # not what our evaluations use
-            return super().generate_until(requests, disable_tqdm)
-        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
-        groups: dict[str, list[tuple[int, list[int], dict, int]]] = {}
-        for index, request in enumerate(requests):
-            context, gen_kwargs = request.args
-            kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
-            budget = kwargs.pop("max_gen_toks")
-            groups.setdefault(repr(sorted(kwargs.items())), []).append(
-                (index, self.tok_encode(context), kwargs, budget)
-            )
-        batches = []
-        for rows in groups.values():
-            rows.sort(key=lambda row: (-len(row[1]), requests[row[0]].args[0]))  # lm-eval's order
-            if len(rows[0][1]) + max(row[3] for row in rows) <= self.max_length:
-                parts = [rows]
-            else:  # lm-eval's batches by budget, so that no context is truncated differently
-                parts = [[row for row in rows if row[3] == budget] for budget in sorted({row[3] for row in rows})]
-            batches += [
-                part[start : start + self.batch_size]
-                for part in parts
-                for start in range(0, len(part), self.batch_size)
-            ]
-        responses: list[str | None] = [None] * len(requests)
-        progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="generate_until requests")
-        for batch in batches:
-            kwargs = dict(batch[0][2])
-            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
-            budgets = [row[3] for row in batch]
-            contexts = [requests[row[0]].args[0] for row in batch]
-            context_ids, attention_mask = self.tok_batch_encode(
-                contexts, left_truncate_len=self.max_length - max(budgets), truncation=self.truncation
-            )
-            context_ids, attention_mask = context_ids.to(self.device), attention_mask.to(self.device)
-            generated = self._model_generate(
-                context=context_ids,
-                attention_mask=attention_mask,
-                stop=until,
-                max_length=context_ids.shape[1] + max(budgets),
-                budgets=budgets,
-                **kwargs,
-            )
-            for (index, _, _, budget), row_ids in zip(batch, generated.tolist(), strict=True):
-                response = self.tok_decode(row_ids[context_ids.shape[1] :][:budget])
-                responses[index] = postprocess_generated_text(generation=response, stop=until, think_end_token=None)
-                self.cache_hook.add_partial("generate_until", requests[index].args, responses[index])
-                progress.update(1)
-        progress.close()
-        return responses
+    it is never scored), and the KV cache grows by doubling a buffer (GrowingLayer). The scores are those of the
+    plain model (tests/test_evaluation.py holds them equal)."""
 
     @functools.cached_property
     def _token_texts(self) -> list[str]:
         return [self.tok_decode([token]) for token in range(len(self.tokenizer))]
 
-    def _model_generate(self, context, max_length, stop, budgets: list[int] | None = None, **generation_kwargs):
-        """HFLM._model_generate (lm-eval 0.4) with the answer line and each row's token budget among the stopping
-        criteria: greedy unless the task samples, lm-eval's `until` criteria, autocast as configured, the KV cache."""
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        """HFLM._model_generate (lm-eval 0.4) with the answer line among the stopping criteria: greedy unless the
+        task samples, lm-eval's `until` criteria, autocast as configured, the KV cache."""
         from lm_eval.models.utils_hf import stop_sequences_criteria
 
         generation_kwargs.setdefault("temperature", 0.0)
@@ -249,8 +178,6 @@ class AnswerLineHFLM(HFLM):
             generation_kwargs.pop("temperature")
         stopping = stop_sequences_criteria(self.tokenizer, stop, context.shape[1], context.shape[0])
         stopping.append(AnswerLineComplete(self, self._token_texts, context.shape[1], context.shape[0]))
-        if budgets is not None:
-            stopping.append(TokenBudgets(budgets, context.shape[1]))
         if "past_key_values" not in generation_kwargs and (cache := growing_cache(self.model.config)) is not None:
             generation_kwargs["past_key_values"] = cache
         precision = self.mixed_precision_dtype
