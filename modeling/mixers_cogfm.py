@@ -34,15 +34,18 @@ class SequenceContext:
 
     padding_mask: [batch, seq] 1 for tokens, 0 for padding (left padding in generation), or None when there is
         none. Padding enters no state: its inputs are zeroed.
-    segment_ids: [batch, seq] index of each token's document within its row, counted from 0, or None when no row
-        holds more than one. A document starts where `position_ids` restart (a position that does not follow its
-        neighbour's by 1), as in transformers' packed-sequence detection.
+    segment_ids: [batch, seq] index of each token's document within its row, counted from 0, or None without
+        `position_ids`. A document starts where `position_ids` restart (a position that does not follow its
+        neighbour's by 1), as in transformers' packed-sequence detection. Worked out without asking whether any row
+        is packed: that question is a host sync, and under `torch.compile` a graph break that split the training
+        step in two (and, at the break, inductor 2.13 generated an fp32 loss backward that wrote past its buffer).
     """
 
     padding_mask: torch.Tensor | None = None
     segment_ids: torch.Tensor | None = None
     _tap_masks: dict = field(default_factory=dict)
     _documents: "PackedDocuments | None" = None
+    _packed: bool | None = None  # whether any row holds more than one document; asked once, by documents()
 
     @classmethod
     def build(
@@ -56,8 +59,7 @@ class SequenceContext:
             starts = position_ids[:, 1:] != position_ids[:, :-1] + 1
             if padding_mask is not None:  # the first token after left padding continues nothing
                 starts &= padding_mask[:, 1:].bool() & padding_mask[:, :-1].bool()
-            if bool(starts.any()):
-                segment_ids = F.pad(starts.long().cumsum(-1), (1, 0))
+            segment_ids = F.pad(starts.long().cumsum(-1), (1, 0))
         return cls(padding_mask=padding_mask, segment_ids=segment_ids)
 
     def tap_mask(self, offset: int) -> torch.Tensor | None:
@@ -72,8 +74,12 @@ class SequenceContext:
         return self._tap_masks[offset]
 
     def documents(self) -> "PackedDocuments | None":
-        if self.segment_ids is not None and self._documents is None:
-            self._documents = PackedDocuments(self.segment_ids)
+        """The packed rows' documents as batches of their own, or None where no row holds more than one (one host
+        sync, paid by the scans alone: they unpack, the convolutions only mask)."""
+        if self._documents is None and self._packed is None:
+            self._packed = self.segment_ids is not None and bool(self.segment_ids[:, -1].any())
+            if self._packed:
+                self._documents = PackedDocuments(self.segment_ids)
         return self._documents
 
     def zero_padding(self, states: torch.Tensor) -> torch.Tensor:
