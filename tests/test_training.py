@@ -459,16 +459,15 @@ def test_warmup_stable_decay_schedule(data_dir, tmp_path):
     assert rates[-1] < rates[4]  # then decay
 
 
-@pytest.mark.slow  # ~40 s: inductor compiles a forward and a backward
-def test_compiled_canon_step_on_packed_rows_matches_eager_in_fp32(data_dir):
+@pytest.mark.slow  # ~25-40 s: inductor compiles a forward and a backward
+def test_compiled_canon_step_on_packed_rows_matches_eager_in_fp32(data_dir, tmp_path):
     """Canon layers mask their taps at the documents of packed rows. Asking whether a row was packed cost a graph
     break, and at that break inductor (torch 2.13, fp32) generated a loss backward that wrote past its buffer: heap
     corruption on AVX-512, non-finite gradients under the AVX2 cap. One graph, and the step equals eager's."""
     from cogfm_hf.modeling.configuration_cogfm import CogFMConfig
-    from cogfm_hf.training.loss import LossConfig, token_weights
     from cogfm_hf.training.trainer import collate_packed, forward_and_loss
 
-    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+    trainer = _trainer(data_dir, tmp_path)  # its loss masks and loss config, as training builds them
     rows = load_packed(data_dir / "packed")
     batch = collate_packed([rows[i] for i in range(16)])
     assert (batch["position_ids"][:, 1:] == 0).any(), "the rows must pack several documents"
@@ -477,15 +476,7 @@ def test_compiled_canon_step_on_packed_rows_matches_eager_in_fp32(data_dir):
         "cogfm-tiny", num_hidden_layers=1, canon_set="ABCD", vocab_size=1024, max_position_embeddings=256
     )
     model = CogFMForCausalLM(config)
-    loss_config = LossConfig()
-    masks = token_weights(
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["error_mask"],
-        tokenizer.convert_tokens_to_ids("<|back|>"),
-        torch.tensor(newline_token_ids(tokenizer)),
-        loss_config,
-    )
+    masks, loss_config = trainer._masks(batch), trainer.loss_config
 
     def step(function):
         model.zero_grad()
