@@ -166,7 +166,9 @@ class CogFMConfig(PreTrainedConfig):
         position_coupling: RoPE positions from the tokens instead of the sequence index, for column-by-column
             arithmetic (coupling_cogfm.py has the rule): `{"digit_token_ids": [ten ids, "0" to "9"],
             "newline_token_id": id, "stride": positions per column}`, optionally `"train_column_gap": G` (training
-            spreads each document's columns by a random gap of 1..G) and `"back_token_id"` (the self-correction
+            spreads each document's columns by a random gap of 1..G), `"train_column_offset": O` (training moves
+            each document's columns by a random 0..O columns), `"canon": False` (Canon layers pass coupled tokens
+            through unchanged) and `"back_token_id"` (the self-correction
             marker restarts a step's places) and `"operator_token_ids"`: [ids] (couple only documents whose first
             line is a sum, digits and these tokens; every other document keeps ordinary positions); None (the
             default) keeps Llama's positions.
@@ -335,7 +337,7 @@ class CogFMConfig(PreTrainedConfig):
         if coupling is None:
             return
         keys = ("digit_token_ids", "newline_token_id", "stride")
-        optional = ("train_column_gap", "back_token_id", "operator_token_ids")
+        optional = ("train_column_gap", "train_column_offset", "canon", "back_token_id", "operator_token_ids")
         if not isinstance(coupling, dict) or not set(keys) <= set(coupling) <= set(keys + optional):
             raise ValueError(
                 f"CogFMConfig.position_coupling must be None or a dict with {keys} (and optionally {optional}), "
@@ -372,6 +374,17 @@ class CogFMConfig(PreTrainedConfig):
             raise ValueError(
                 "CogFMConfig.position_coupling.train_column_gap must be an integer >= 1 (1: no spreading), "
                 f"got {gap!r}."
+            )
+        offset = coupling.get("train_column_offset", 0)
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ValueError(
+                "CogFMConfig.position_coupling.train_column_offset must be an integer >= 0 (0: columns start at 0), "
+                f"got {offset!r}."
+            )
+        if "canon" in coupling and (not isinstance(coupling["canon"], bool) or not self.canon_set):
+            raise ValueError(
+                "CogFMConfig.position_coupling.canon says whether Canon layers act on coupled tokens: a bool, and "
+                f"only with canon_set (this config has canon_set={self.canon_set!r}); got {coupling['canon']!r}."
             )
         operators = coupling.get("operator_token_ids")
         if "operator_token_ids" in coupling and (

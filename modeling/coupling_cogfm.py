@@ -29,12 +29,25 @@ rows split into documents where `position_ids` restart), and `generate()` from e
 (`CogFMForCausalLM.prepare_inputs_for_generation`), so lm-eval's `hf` model, which passes no position ids, gets
 them too.
 
-A document-wide random offset (the paper's, for its absolute position embeddings) would change no attention score
+A random offset of a whole document (the paper's, for its absolute position embeddings) would change no attention score
 under RoPE, which sees only differences. What RoPE does meet at test is *distances* a short training never showed:
 a 16-digit problem puts tokens 16 columns apart, 4-digit training at most 5. With `train_column_gap` G > 1 each
 training document spreads its columns by a random gap of 1..G (column c at `stride * c * gap`; within a column
 nothing moves), so training shows distances up to G times longer, in the spirit of randomised positions (Ruoss et
 al. 2023); evaluation and generation always use gap 1.
+
+The tokens of a number line that are not digits (`+`, `=?`, `Answer: `) all sit at `stride - 1`, so the distance from
+them to column c is `stride * c` plus a little: an absolute column index, which lets a model learn column-specific
+habits, e.g. "the fifth column is a carry and writes 1", true of every 4-digit training sum and false at 5 digits.
+With `train_column_offset` O > 0 each training document moves its digits and step lines by a random number of
+columns 0..O (column c at `stride * (c * gap + offset)`; the other tokens stay), so that distance no longer tells
+which column a token is in: the paper's random offset, applied where RoPE can see it. Evaluation uses offset 0.
+
+Canon layers (short convolutions over the token order) can count tokens locally: an answer digit whose window
+holds no `Answer: ` is the fourth or later, and in 4-digit training the fifth answer digit is always a carry's 1
+(measured: a model with Canon layers copied the fifth answer digit wrong at 5 digits, one without did not). With
+`"canon": False` the Canon layers pass coupled tokens through unchanged (their output is the input), so sums are
+read by coupled positions alone while the other documents of a mixture keep their Canon layers.
 
 With `operator_token_ids` (the tokens besides digits a sum's first line holds: `+`, `=?`) only *sums* are coupled,
 so one model can learn arithmetic in this format beside prose, code and other tasks: a document keeps coupled ids
@@ -45,6 +58,8 @@ so it too is causal and the same in training and generation.
 
 This file is copied into every checkpoint (modeling_cogfm.py imports it); it imports only torch.
 """
+
+from typing import NamedTuple
 
 import torch
 
@@ -74,19 +89,40 @@ def _last_position_where(flags: torch.BoolTensor) -> torch.LongTensor:
     return torch.where(flags, index, 0).cummax(dim=-1).values
 
 
-def random_column_gaps(starts: torch.BoolTensor, largest: int) -> torch.LongTensor:
-    """Per token, its document's gap between columns, drawn uniformly from 1..`largest` (training only)."""
+def random_per_document(starts: torch.BoolTensor, low: int, high: int) -> torch.LongTensor:
+    """Per token, one integer drawn uniformly from `low`..`high` for its document (training only: column gaps,
+    column offsets)."""
     document = starts.long().cumsum(-1)
-    gaps = torch.randint(1, largest + 1, (starts.shape[0], starts.shape[-1] + 1), device=starts.device)
-    return gaps.gather(-1, document)
+    draws = torch.randint(low, high + 1, (starts.shape[0], starts.shape[-1] + 1), device=starts.device)
+    return draws.gather(-1, document)
+
+
+class CoupledPlaces(NamedTuple):
+    ids: torch.LongTensor  # every token's RoPE position
+    coupled: torch.BoolTensor  # whether the token is coupled (every token, or with `operator_token_ids` a sum's)
 
 
 def coupled_position_ids(
-    input_ids: torch.LongTensor, coupling: dict, starts: torch.BoolTensor, column_gaps: torch.LongTensor | None = None
+    input_ids: torch.LongTensor,
+    coupling: dict,
+    starts: torch.BoolTensor,
+    column_gaps: torch.LongTensor | None = None,
+    column_offsets: torch.LongTensor | None = None,
 ) -> torch.LongTensor:
     """The coupled position id of every token of `input_ids` (batch, length); `starts` marks document starts
-    (`document_starts`). See the module docstring for the rule; `column_gaps` (per token, from `random_column_gaps`)
-    spreads the columns apart: column c at `stride * c * gap`."""
+    (`document_starts`). See the module docstring for the rule; `column_gaps` and `column_offsets` (per token, from
+    `random_per_document`) move the columns: column c at `stride * (c * gap + offset)`."""
+    return coupled_places(input_ids, coupling, starts, column_gaps, column_offsets).ids
+
+
+def coupled_places(
+    input_ids: torch.LongTensor,
+    coupling: dict,
+    starts: torch.BoolTensor,
+    column_gaps: torch.LongTensor | None = None,
+    column_offsets: torch.LongTensor | None = None,
+) -> CoupledPlaces:
+    """`coupled_position_ids`, and which tokens are coupled."""
     stride = coupling["stride"]
     digits = torch.tensor(coupling["digit_token_ids"], device=input_ids.device)
     is_digit = torch.isin(input_ids, digits)
@@ -103,7 +139,8 @@ def coupled_position_ids(
     if "back_token_id" in coupling:  # a step written again after a mistake takes the places of a clean step
         slot = index - _last_position_where(line_start | (input_ids == coupling["back_token_id"]))
     column_stride = stride if column_gaps is None else stride * column_gaps
-    step_ids = column_stride * (line - 1).clamp(min=0) + slot.clamp(max=stride - 1)
+    first_column = 0 if column_offsets is None else stride * column_offsets
+    step_ids = column_stride * (line - 1).clamp(min=0) + slot.clamp(max=stride - 1) + first_column
 
     previous_is_digit = torch.nn.functional.pad(is_digit[..., :-1], (1, 0), value=False)
     run_start = is_digit & ~(previous_is_digit & ~line_start)
@@ -111,10 +148,10 @@ def coupled_position_ids(
     runs_so_far = run_start.long().cumsum(-1)
     runs_before_line = runs_so_far.gather(-1, line_start_at) - run_start.gather(-1, line_start_at).long()
     number = (runs_so_far - runs_before_line - 1).clamp(min=0, max=stride - 2)
-    number_ids = torch.where(is_digit, column_stride * significance + number, stride - 1)
+    number_ids = torch.where(is_digit, column_stride * significance + number + first_column, stride - 1)
     coupled = torch.where(step_line, step_ids, number_ids)
     if "operator_token_ids" not in coupling:
-        return coupled
+        return CoupledPlaces(coupled, torch.ones_like(is_digit))
     # Only sums: count, per document, the first line's tokens that are neither digits nor operators, and its operators.
     document_start_at = _last_position_where(starts)
     operator = torch.isin(input_ids, torch.tensor(coupling["operator_token_ids"], device=input_ids.device))
@@ -122,7 +159,7 @@ def coupled_position_ids(
     foreign_so_far = _count_in_document(first_line & ~is_digit & ~operator, document_start_at)
     operators_so_far = _count_in_document(first_line & operator, document_start_at)
     is_sum = (foreign_so_far == 0) & (first_line | (operators_so_far > 0))
-    return torch.where(is_sum, coupled, index - document_start_at)
+    return CoupledPlaces(torch.where(is_sum, coupled, index - document_start_at), is_sum)
 
 
 def _count_in_document(flags: torch.BoolTensor, document_start_at: torch.LongTensor) -> torch.LongTensor:

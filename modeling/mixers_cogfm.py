@@ -39,10 +39,13 @@ class SequenceContext:
         neighbour's by 1), as in transformers' packed-sequence detection. Worked out without asking whether any row
         is packed: that question is a host sync, and under `torch.compile` a graph break that split the training
         step in two (and, at the break, inductor 2.13 generated an fp32 loss backward that wrote past its buffer).
+    canon_mask: [batch, seq, 1] 1 where Canon layers act, 0 where they pass the token through (coupled tokens,
+        with `position_coupling.canon` false), or None: they act everywhere.
     """
 
     padding_mask: torch.Tensor | None = None
     segment_ids: torch.Tensor | None = None
+    canon_mask: torch.Tensor | None = None
     _tap_masks: dict = field(default_factory=dict)
     _documents: "PackedDocuments | None" = None
     _packed: bool | None = None  # whether any row holds more than one document; asked once, by documents()
@@ -193,7 +196,10 @@ class CogFMCanon(CogFMCausalConv):
         super().__init__(channels, config.canon_kernel, layer_idx, state_idx=1 + CANON_POINTS.index(point))
 
     def forward(self, states: torch.Tensor, context: SequenceContext, past_key_values: Cache | None) -> torch.Tensor:
-        return states + super().forward(states, context, past_key_values)
+        mixed = super().forward(states, context, past_key_values)  # the state is updated for every token
+        if context.canon_mask is not None:
+            mixed = mixed * context.canon_mask.to(mixed.dtype)
+        return states + mixed
 
 
 def canon(config: CogFMConfig, point: str, channels: int, layer_idx: int) -> CogFMCanon | None:

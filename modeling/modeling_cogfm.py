@@ -30,7 +30,7 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_cogfm import SSM_LAYER_TYPES, CogFMConfig
-from .coupling_cogfm import coupled_position_ids, document_starts, random_column_gaps
+from .coupling_cogfm import CoupledPlaces, coupled_places, document_starts, random_per_document
 from .mixers_cogfm import (
     CogFMCausalConv,
     CogFMMamba2,
@@ -344,11 +344,14 @@ class CogFMModel(CogFMPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         coupled_position_ids: torch.LongTensor | None = None,
+        coupled_tokens: torch.BoolTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
         r"""
         coupled_position_ids: with `config.position_coupling`, the RoPE positions of these tokens; computed here from
             `input_ids` when not given, which needs the whole sequence (generate() passes them while it decodes).
+        coupled_tokens: with `position_coupling.canon` false, which of these tokens are coupled (given with
+            `coupled_position_ids`).
         """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
@@ -401,9 +404,13 @@ class CogFMModel(CogFMPreTrainedModel):
         if self.config.position_coupling is not None:
             rope_position_ids = coupled_position_ids
             if rope_position_ids is None:
-                rope_position_ids = self.coupled_positions(
+                rope_position_ids, coupled_tokens = self.coupled_positions(
                     input_ids, given_position_ids, padding_mask, past_key_values
                 )
+            if not self.config.position_coupling.get("canon", True):
+                if coupled_tokens is None:
+                    raise ValueError("coupled_position_ids were given without coupled_tokens, which Canon needs here.")
+                sequence_context.canon_mask = (~coupled_tokens)[..., None]
         position_embeddings = self.rotary_emb(hidden_states, position_ids=rope_position_ids)
         for decoder_layer in self.layers:
             # position_ids travel to the attention function: varlen kernels (flash-attention) find the document
@@ -420,7 +427,7 @@ class CogFMModel(CogFMPreTrainedModel):
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
 
-    def coupled_positions(self, input_ids, given_position_ids, padding_mask, past_key_values) -> torch.LongTensor:
+    def coupled_positions(self, input_ids, given_position_ids, padding_mask, past_key_values) -> CoupledPlaces:
         if input_ids is None:
             raise ValueError("position_coupling reads the tokens: pass input_ids, not inputs_embeds.")
         if past_key_values is not None and past_key_values.get_seq_length() > 0:
@@ -430,8 +437,10 @@ class CogFMModel(CogFMPreTrainedModel):
             )
         starts = document_starts(input_ids.shape, input_ids.device, given_position_ids, padding_mask)
         largest_gap = self.config.position_coupling.get("train_column_gap", 1)
-        gaps = random_column_gaps(starts, largest_gap) if self.training and largest_gap > 1 else None
-        return coupled_position_ids(input_ids, self.config.position_coupling, starts, gaps)
+        largest_offset = self.config.position_coupling.get("train_column_offset", 0)
+        gaps = random_per_document(starts, 1, largest_gap) if self.training and largest_gap > 1 else None
+        offsets = random_per_document(starts, 0, largest_offset) if self.training and largest_offset > 0 else None
+        return coupled_places(input_ids, self.config.position_coupling, starts, gaps, offsets)
 
 
 class CogFMForCausalLM(CogFMPreTrainedModel, GenerationMixin):
@@ -500,8 +509,9 @@ class CogFMForCausalLM(CogFMPreTrainedModel, GenerationMixin):
                 attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 else None
             )
             starts = document_starts(input_ids.shape, input_ids.device, padding_mask=padding_mask)
-            coupled = coupled_position_ids(input_ids, self.config.position_coupling, starts)
-            model_inputs["coupled_position_ids"] = coupled[:, -new_tokens.shape[1] :]
+            places = coupled_places(input_ids, self.config.position_coupling, starts)
+            model_inputs["coupled_position_ids"] = places.ids[:, -new_tokens.shape[1] :]
+            model_inputs["coupled_tokens"] = places.coupled[:, -new_tokens.shape[1] :]
         return model_inputs
 
 

@@ -44,6 +44,18 @@ def coupled_model(tokenizer, coupling, **overrides) -> CogFMForCausalLM:
     return CogFMForCausalLM(small_config(**{**fields, **overrides})).eval()
 
 
+def packed_row(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """One packed training row of `texts` (each ends with EOS): input ids, restarting position ids, and each
+    document's (start, end)."""
+    row, positions, spans = [], [], []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        spans.append((len(row), len(row) + len(ids)))
+        row += ids
+        positions += range(len(ids))
+    return torch.tensor([row]), torch.tensor([positions]), spans
+
+
 def test_the_lsd_format_writes_the_same_problems_reversed():
     for seed, digits in ((0, 5), (3, 8), (7, 16)):
         plain, reversed_ = next(TASKS["addition"].generate(seed, digits=digits)), lsd_problem(seed, digits)
@@ -56,13 +68,7 @@ def test_the_lsd_format_writes_the_same_problems_reversed():
 
 def test_coupled_ids_of_a_packed_row_are_what_the_format_promises(tokenizer, coupling):
     documents = [lsd_problem(0, 6), lsd_problem(1, 3), lsd_problem(2, 4)]
-    row, positions, spans = [], [], []
-    for document in documents:
-        ids = tokenizer(document.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        spans.append((len(row), len(row) + len(ids)))
-        row += ids
-        positions += range(len(ids))
-    input_ids, position_ids = torch.tensor([row]), torch.tensor([positions])
+    input_ids, position_ids, spans = packed_row(tokenizer, [document.text for document in documents])
     coupled = coupled_position_ids(input_ids, coupling, document_starts(input_ids.shape, "cpu", position_ids))[0]
 
     for document, (start, end) in zip(documents, spans):
@@ -79,7 +85,7 @@ def test_coupled_ids_of_a_packed_row_are_what_the_format_promises(tokenizer, cou
                 == coupled[start : start + length].tolist()
             )
 
-        texts = [tokenizer.decode([token]) for token in row[start:end]]
+        texts = [tokenizer.decode([token]) for token in input_ids[0, start:end].tolist()]
         ids = coupled[start:end].tolist()
         lines, line = [[]], 0
         for text, place in zip(texts, ids):
@@ -99,6 +105,45 @@ def test_coupled_ids_of_a_packed_row_are_what_the_format_promises(tokenizer, cou
         assert {place for text, place in answer[1:] if not text.isdigit()} == {STRIDE - 1}
 
 
+def test_training_moves_each_documents_columns_by_a_random_gap_and_offset_and_evaluation_does_not(tokenizer, coupling):
+    """`train_column_gap` G and `train_column_offset` O: in training each document of a packed row puts column c at
+    `stride * (c * gap + offset)`, one gap in 1..G and one offset in 0..O per document, drawn afresh; the tokens
+    that are not digits or step lines stay at `stride - 1`; in evaluation gap 1 and offset 0, the plain ids."""
+    spread = {**coupling, "train_column_gap": 3, "train_column_offset": 5}
+    model = coupled_model(tokenizer, spread)
+    documents = [lsd_problem(seed, digits) for seed, digits in enumerate((6, 3, 4, 5, 2, 7, 4, 3))]
+    input_ids, position_ids, spans = packed_row(tokenizer, [document.text for document in documents])
+    plain = coupled_position_ids(input_ids, coupling, document_starts(input_ids.shape, "cpu", position_ids))[0]
+    assert torch.equal(model.model.coupled_positions(input_ids, position_ids, None, None).ids[0], plain)
+
+    model.train()
+    drawn = set()
+    for seed in range(4):
+        torch.manual_seed(seed)
+        placed = model.model.coupled_positions(input_ids, position_ids, None, None).ids[0]
+        for start, end in spans:
+            alone, ids = input_ids[:, start:end], placed[start:end]
+            starts = document_starts(alone.shape, "cpu")
+            matches = [
+                (gap, offset)
+                for gap in range(1, 4)
+                for offset in range(6)
+                if torch.equal(
+                    ids,
+                    coupled_position_ids(
+                        alone, coupling, starts, torch.full_like(alone, gap), torch.full_like(alone, offset)
+                    )[0],
+                )
+            ]
+            assert len(matches) == 1, (start, ids.tolist())
+            drawn.add(matches[0])
+            anchors = ids == STRIDE - 1
+            assert torch.equal(anchors, plain[start:end] == STRIDE - 1)  # the other tokens stay where they were
+    assert len({gap for gap, _ in drawn}) == 3 and len({offset for _, offset in drawn}) == 6
+    with pytest.raises(ValueError, match="train_column_offset must be an integer >= 0"):
+        CogFMConfig(vocab_size=len(tokenizer), position_coupling={**coupling, "train_column_offset": -1})
+
+
 def test_with_documents_sums_only_sums_are_coupled_and_the_rest_keep_ordinary_places(tokenizer, coupling):
     """A mixture's packed row: sums get exactly the coupled ids, a chain, a program, a logic problem, prose and a
     multiplication (its first line is not a sum) their indices from the document's start; causal, as generation
@@ -116,13 +161,7 @@ def test_with_documents_sums_only_sums_are_coupled_and_the_rest_keep_ordinary_pl
         next(TASKS["arithmetic"].generate(0, operation="*")).text,
         "2024\n1+1=2\n",
     ]
-    row, positions, spans = [], [], []
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        spans.append((len(row), len(row) + len(ids)))
-        row += ids
-        positions += range(len(ids))
-    input_ids, position_ids = torch.tensor([row]), torch.tensor([positions])
+    input_ids, position_ids, spans = packed_row(tokenizer, texts)
     starts = document_starts(input_ids.shape, "cpu", position_ids)
     gated = coupled_position_ids(input_ids, sums_only, starts)[0].tolist()
     every = coupled_position_ids(input_ids, coupling, starts)[0].tolist()
@@ -136,7 +175,9 @@ def test_with_documents_sums_only_sums_are_coupled_and_the_rest_keep_ordinary_pl
             assert gated[start + 4 : end] == list(range(4, end - start))
         else:
             first_foreign = next(
-                i for i, token in enumerate(row[start:end]) if not tokenizer.decode([token]).isdigit()
+                i
+                for i, token in enumerate(input_ids[0, start:end].tolist())
+                if not tokenizer.decode([token]).isdigit()
             )
             assert gated[start + first_foreign : end] == list(range(first_foreign, end - start))
         for length in range(1, end - start):
@@ -145,6 +186,48 @@ def test_with_documents_sums_only_sums_are_coupled_and_the_rest_keep_ordinary_pl
                 coupled_position_ids(prefix, sums_only, document_starts(prefix.shape, "cpu"))[0].tolist()
                 == gated[start : start + length]
             )
+
+
+def test_with_canon_false_sums_pass_the_canon_layers_and_the_rest_of_the_mixture_keeps_them(tokenizer):
+    """`canon: false`: in a packed row each sum reads exactly what the same weights without Canon layers read, and a
+    chain exactly what they read with them; cached generation (the convolution states) decodes what a forward pass
+    computes, for a sum and a chain in one left-padded batch."""
+    sums_only = position_coupling(tokenizer, STRIDE, documents="sums")
+    gated = coupled_model(tokenizer, {**sums_only, "canon": False}, canon_set="ABCD")
+    with torch.no_grad():  # Canon layers start at zero's neighbourhood: make them matter
+        for name, parameter in gated.named_parameters():
+            if "canon" in name:
+                parameter.normal_(std=0.5)
+    without = coupled_model(tokenizer, sums_only)
+    assert set(without.load_state_dict(gated.state_dict(), strict=False).unexpected_keys) == {
+        name for name in gated.state_dict() if "canon" in name
+    }
+    everywhere = coupled_model(tokenizer, sums_only, canon_set="ABCD")
+    everywhere.load_state_dict(gated.state_dict())
+
+    texts = [lsd_problem(0, 5).text, next(TASKS["chains"].generate(0, op=3)).text, lsd_problem(1, 3).text]
+    input_ids, position_ids, spans = packed_row(tokenizer, texts)
+    logits = {
+        name: model(input_ids, position_ids=position_ids).logits[0]
+        for name, model in (("gated", gated), ("without", without), ("everywhere", everywhere))
+    }
+    for index, (start, end) in enumerate(spans):
+        same, other = ("without", "everywhere") if index != 1 else ("everywhere", "without")
+        torch.testing.assert_close(logits["gated"][start:end], logits[same][start:end], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(logits["gated"][start:end], logits[other][start:end], atol=1e-2)
+
+    tokenizer.padding_side = "left"
+    batch = tokenizer([lsd_problem(2, 4).prompt, texts[1][:40]], return_tensors="pt", padding=True)
+    out = gated.generate(
+        **batch, max_new_tokens=30, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0
+    )
+    mask = torch.cat([batch["attention_mask"], torch.ones_like(out.sequences[:, batch["input_ids"].shape[1] :])], 1)
+    full = gated(out.sequences, attention_mask=mask).logits
+    prompt_length = batch["input_ids"].shape[1]
+    torch.testing.assert_close(torch.stack(out.logits, 1), full[:, prompt_length - 1 : -1], atol=2e-4, rtol=1e-4)
+
+    with pytest.raises(ValueError, match="position_coupling.canon says whether Canon layers act"):
+        coupled_model(tokenizer, {**sums_only, "canon": False})  # no Canon layers: a setting nothing reads
 
 
 def test_a_step_written_again_after_the_marker_takes_a_clean_steps_places(tokenizer, coupling):
@@ -222,6 +305,13 @@ def test_bad_coupling_settings_name_the_field(tmp_path):
     recipe = tiny_recipe(tmp_path / "data", tmp_path / "out")
     with pytest.raises(RecipeError, match=r"model\.position_coupling.*stride must be an integer >= 3"):
         TrainRecipe.from_dict({**recipe, "model": {**recipe["model"], "position_coupling": {"stride": 1}}})
+    with pytest.raises(RecipeError, match=r"model\.position_coupling.*only with canon_set"):
+        TrainRecipe.from_dict(
+            {**recipe, "model": {**recipe["model"], "position_coupling": {"stride": 32, "canon": False}}}
+        )
+    with pytest.raises(RecipeError, match=r"model\.position_coupling.*train_column_offset must be an integer >= 0"):
+        coupling = {"stride": 32, "train_column_offset": -2}
+        TrainRecipe.from_dict({**recipe, "model": {**recipe["model"], "position_coupling": coupling}})
     with pytest.raises(RecipeError, match=r"overrides\.position_coupling.*set model\.position_coupling"):
         overrides = {**recipe["model"]["overrides"], "position_coupling": {"stride": 32}}
         TrainRecipe.from_dict({**recipe, "model": {**recipe["model"], "overrides": overrides}})

@@ -120,9 +120,10 @@ class ModelConfig(Config):
     preset: str = "cogfm-tiny"
     overrides: dict[str, Any] = field(default_factory=dict)  # CogFMConfig fields
     checkpoint: str | None = None  # fine-tuning: start from this checkpoint instead of a fresh preset
-    # {stride: N, train_column_gap: G, documents: all | sums}: coupled RoPE positions for the `order: lsd`
-    # arithmetic format (CogFMConfig.position_coupling), with the digit, newline and (`documents: sums`, which
-    # couples only sums and leaves every other document Llama's positions) operator token ids from the tokenizer
+    # {stride: N, train_column_gap: G, train_column_offset: O, documents: all | sums, canon: bool}: coupled RoPE
+    # positions for the `order: lsd` arithmetic format (CogFMConfig.position_coupling), with the digit, newline and
+    # (`documents: sums`, which couples only sums and leaves every other document Llama's positions) operator token
+    # ids from the tokenizer; `canon: false` lets Canon layers pass coupled tokens through
     position_coupling: dict[str, Any] | None = None
 
     def validate(self) -> None:
@@ -148,7 +149,8 @@ class ModelConfig(Config):
                 stand_in_ids["operator_token_ids"] = [11]
             given = {key: value for key, value in self.position_coupling.items() if key != "documents"}
             try:
-                CogFMConfig(position_coupling={**stand_in_ids, **given})
+                canon_set = self.overrides.get("canon_set", PRESETS[self.preset].get("canon_set", ""))
+                CogFMConfig(canon_set=canon_set, position_coupling={**stand_in_ids, **given})
             except ValueError as error:
                 raise self.invalid("position_coupling", str(error)) from None
         try:  # the values too: CogFMConfig names the field and the fix

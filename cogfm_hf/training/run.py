@@ -157,10 +157,17 @@ def check_resume_shape(checkpoint: Path, recipe: TrainRecipe) -> None:
 SUM_OPERATOR_CHARACTERS = frozenset("+=?")
 
 
-def position_coupling(tokenizer, stride: int, train_column_gap: int = 1, documents: str = "all") -> dict:
+def position_coupling(
+    tokenizer,
+    stride: int,
+    train_column_gap: int = 1,
+    train_column_offset: int = 0,
+    documents: str = "all",
+    canon: bool = True,
+) -> dict:
     """CogFMConfig.position_coupling for this tokenizer: the ids of its single-token digits and newline, and with
     `documents: sums` those of its operator tokens (only sums are coupled; every other document keeps ordinary
-    positions)."""
+    positions); `canon: false` lets Canon layers pass coupled tokens through."""
     ids = {text: tokenizer.encode(text, add_special_tokens=False) for text in [*"0123456789", "\n"]}
     split = {text: found for text, found in ids.items() if len(found) != 1}
     if split:
@@ -172,6 +179,10 @@ def position_coupling(tokenizer, stride: int, train_column_gap: int = 1, documen
     coupling = dict(digit_token_ids=[ids[d][0] for d in "0123456789"], newline_token_id=ids["\n"][0], stride=stride)
     if train_column_gap != 1:
         coupling["train_column_gap"] = train_column_gap
+    if train_column_offset != 0:
+        coupling["train_column_offset"] = train_column_offset
+    if not canon:
+        coupling["canon"] = False
     if BACK in tokenizer.get_vocab():  # our tokenizers all have it: retry data is written with it
         coupling["back_token_id"] = tokenizer.convert_tokens_to_ids(BACK)
     if documents == "sums":
