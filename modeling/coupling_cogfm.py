@@ -59,7 +59,7 @@ so it too is causal and the same in training and generation.
 This file is copied into every checkpoint (modeling_cogfm.py imports it); it imports only torch.
 """
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 
@@ -97,7 +97,8 @@ def random_per_document(starts: torch.BoolTensor, low: int, high: int) -> torch.
     return draws.gather(-1, document)
 
 
-class CoupledPlaces(NamedTuple):
+@dataclass
+class CoupledPlaces:
     ids: torch.LongTensor  # every token's RoPE position
     coupled: torch.BoolTensor  # whether the token is coupled (every token, or with `operator_token_ids` a sum's)
 

@@ -404,9 +404,8 @@ class CogFMModel(CogFMPreTrainedModel):
         if self.config.position_coupling is not None:
             rope_position_ids = coupled_position_ids
             if rope_position_ids is None:
-                rope_position_ids, coupled_tokens = self.coupled_positions(
-                    input_ids, given_position_ids, padding_mask, past_key_values
-                )
+                places = self.coupled_positions(input_ids, given_position_ids, padding_mask, past_key_values)
+                rope_position_ids, coupled_tokens = places.ids, places.coupled
             if not self.config.position_coupling.get("canon", True):
                 if coupled_tokens is None:
                     raise ValueError("coupled_position_ids were given without coupled_tokens, which Canon needs here.")
