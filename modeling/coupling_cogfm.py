@@ -29,9 +29,9 @@ rows split into documents where `position_ids` restart), and `generate()` from e
 (`CogFMForCausalLM.prepare_inputs_for_generation`), so lm-eval's `hf` model, which passes no position ids, gets
 them too.
 
-A random offset of a whole document (the paper's, for its absolute position embeddings) would change no attention score
-under RoPE, which sees only differences. What RoPE does meet at test is *distances* a short training never showed:
-a 16-digit problem puts tokens 16 columns apart, 4-digit training at most 5. With `train_column_gap` G > 1 each
+A random offset of a whole document (the paper's, for its absolute position embeddings) would change no attention
+score under RoPE, which sees only differences. What RoPE does meet at test is *distances* a short training never
+showed: a 16-digit problem puts tokens 16 columns apart, 4-digit training at most 5. With `train_column_gap` G > 1 each
 training document spreads its columns by a random gap of 1..G (column c at `stride * c * gap`; within a column
 nothing moves), so training shows distances up to G times longer, in the spirit of randomised positions (Ruoss et
 al. 2023); evaluation and generation always use gap 1.
@@ -56,7 +56,7 @@ least one of them; from the first other token of its first line on (`Mod 10.`, `
 document takes ordinary positions, its tokens' indices from the document's start. The rule reads only tokens so far,
 so it too is causal and the same in training and generation.
 
-This file is copied into every checkpoint (modeling_cogfm.py imports it); it imports only torch.
+This file is copied into every checkpoint (modeling_cogfm.py imports it); it imports only torch and dataclasses.
 """
 
 from dataclasses import dataclass
@@ -103,19 +103,6 @@ class CoupledPlaces:
     coupled: torch.BoolTensor  # whether the token is coupled (every token, or with `operator_token_ids` a sum's)
 
 
-def coupled_position_ids(
-    input_ids: torch.LongTensor,
-    coupling: dict,
-    starts: torch.BoolTensor,
-    column_gaps: torch.LongTensor | None = None,
-    column_offsets: torch.LongTensor | None = None,
-) -> torch.LongTensor:
-    """The coupled position id of every token of `input_ids` (batch, length); `starts` marks document starts
-    (`document_starts`). See the module docstring for the rule; `column_gaps` and `column_offsets` (per token, from
-    `random_per_document`) move the columns: column c at `stride * (c * gap + offset)`."""
-    return coupled_places(input_ids, coupling, starts, column_gaps, column_offsets).ids
-
-
 def coupled_places(
     input_ids: torch.LongTensor,
     coupling: dict,
@@ -123,7 +110,10 @@ def coupled_places(
     column_gaps: torch.LongTensor | None = None,
     column_offsets: torch.LongTensor | None = None,
 ) -> CoupledPlaces:
-    """`coupled_position_ids`, and which tokens are coupled."""
+    """The coupled position id of every token of `input_ids` (batch, length), and which tokens are coupled;
+    `starts` marks document starts (`document_starts`). See the module docstring for the rule; `column_gaps` and
+    `column_offsets` (per token, from `random_per_document`) move the columns: column c at
+    `stride * (c * gap + offset)`."""
     stride = coupling["stride"]
     digits = torch.tensor(coupling["digit_token_ids"], device=input_ids.device)
     is_digit = torch.isin(input_ids, digits)

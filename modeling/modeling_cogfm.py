@@ -432,7 +432,7 @@ class CogFMModel(CogFMPreTrainedModel):
         if past_key_values is not None and past_key_values.get_seq_length() > 0:
             raise ValueError(
                 "position_coupling needs the whole sequence to place these tokens: decode with generate(), or pass "
-                "coupled_position_ids computed over the full sequence (coupling_cogfm.coupled_position_ids)."
+                "coupled_position_ids computed over the full sequence (coupling_cogfm.coupled_places)."
             )
         starts = document_starts(input_ids.shape, input_ids.device, given_position_ids, padding_mask)
         largest_gap = self.config.position_coupling.get("train_column_gap", 1)

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from cogfm_hf import CogFMConfig, CogFMForCausalLM
 from cogfm_hf.config import RecipeError
-from cogfm_hf.modeling.coupling_cogfm import coupled_position_ids, document_starts
+from cogfm_hf.modeling.coupling_cogfm import coupled_places, document_starts
 from cogfm_hf.paths import EVAL_TASKS_DIR
 from cogfm_hf.tasks import BACK, TASKS, add_retries
 from cogfm_hf.training.recipe import TrainRecipe
@@ -69,19 +69,19 @@ def test_the_lsd_format_writes_the_same_problems_reversed():
 def test_coupled_ids_of_a_packed_row_are_what_the_format_promises(tokenizer, coupling):
     documents = [lsd_problem(0, 6), lsd_problem(1, 3), lsd_problem(2, 4)]
     input_ids, position_ids, spans = packed_row(tokenizer, [document.text for document in documents])
-    coupled = coupled_position_ids(input_ids, coupling, document_starts(input_ids.shape, "cpu", position_ids))[0]
+    coupled = coupled_places(input_ids, coupling, document_starts(input_ids.shape, "cpu", position_ids)).ids[0]
 
     for document, (start, end) in zip(documents, spans):
         alone = input_ids[:, start:end]
         # Per document: the same ids as the document alone; and causal: a prefix's ids are a prefix of the ids.
         assert (
             coupled[start:end].tolist()
-            == coupled_position_ids(alone, coupling, document_starts(alone.shape, "cpu"))[0].tolist()
+            == coupled_places(alone, coupling, document_starts(alone.shape, "cpu")).ids[0].tolist()
         )
         for length in range(1, end - start):
             prefix = alone[:, :length]
             assert (
-                coupled_position_ids(prefix, coupling, document_starts(prefix.shape, "cpu"))[0].tolist()
+                coupled_places(prefix, coupling, document_starts(prefix.shape, "cpu")).ids[0].tolist()
                 == coupled[start : start + length].tolist()
             )
 
@@ -113,7 +113,7 @@ def test_training_moves_each_documents_columns_by_a_random_gap_and_offset_and_ev
     model = coupled_model(tokenizer, spread)
     documents = [lsd_problem(seed, digits) for seed, digits in enumerate((6, 3, 4, 5, 2, 7, 4, 3))]
     input_ids, position_ids, spans = packed_row(tokenizer, [document.text for document in documents])
-    plain = coupled_position_ids(input_ids, coupling, document_starts(input_ids.shape, "cpu", position_ids))[0]
+    plain = coupled_places(input_ids, coupling, document_starts(input_ids.shape, "cpu", position_ids)).ids[0]
     assert torch.equal(model.model.coupled_positions(input_ids, position_ids, None, None).ids[0], plain)
 
     model.train()
@@ -130,9 +130,9 @@ def test_training_moves_each_documents_columns_by_a_random_gap_and_offset_and_ev
                 for offset in range(6)
                 if torch.equal(
                     ids,
-                    coupled_position_ids(
+                    coupled_places(
                         alone, coupling, starts, torch.full_like(alone, gap), torch.full_like(alone, offset)
-                    )[0],
+                    ).ids[0],
                 )
             ]
             assert len(matches) == 1, (start, ids.tolist())
@@ -163,8 +163,8 @@ def test_with_documents_sums_only_sums_are_coupled_and_the_rest_keep_ordinary_pl
     ]
     input_ids, position_ids, spans = packed_row(tokenizer, texts)
     starts = document_starts(input_ids.shape, "cpu", position_ids)
-    gated = coupled_position_ids(input_ids, sums_only, starts)[0].tolist()
-    every = coupled_position_ids(input_ids, coupling, starts)[0].tolist()
+    gated = coupled_places(input_ids, sums_only, starts).ids[0].tolist()
+    every = coupled_places(input_ids, coupling, starts).ids[0].tolist()
     for index, (start, end) in enumerate(spans):
         if index in (0, 2):  # the sums
             assert gated[start:end] == every[start:end]
@@ -183,7 +183,7 @@ def test_with_documents_sums_only_sums_are_coupled_and_the_rest_keep_ordinary_pl
         for length in range(1, end - start):
             prefix = input_ids[:, start : start + length]
             assert (
-                coupled_position_ids(prefix, sums_only, document_starts(prefix.shape, "cpu"))[0].tolist()
+                coupled_places(prefix, sums_only, document_starts(prefix.shape, "cpu")).ids[0].tolist()
                 == gated[start : start + length]
             )
 
@@ -243,7 +243,7 @@ def test_a_step_written_again_after_the_marker_takes_a_clean_steps_places(tokeni
         for name, example in (("clean", clean), ("retried", retried)):
             encoded = tokenizer(example.text, add_special_tokens=False, return_offsets_mapping=True)
             ids = torch.tensor([encoded["input_ids"]])
-            places[name] = (encoded, coupled_position_ids(ids, coupling, document_starts(ids.shape, "cpu"))[0])
+            places[name] = (encoded, coupled_places(ids, coupling, document_starts(ids.shape, "cpu")).ids[0])
         offset = len(retried.prompt)
         removed = [(start + offset, end + offset) for start, end in retried.error_spans + retried.marker_spans]
         encoded, retried_places = places["retried"]
