@@ -1,4 +1,4 @@
-"""The fast evaluation path (cogfm_hf.training.evaluation): generations stop at their complete answer line, the KV
+"""The fast evaluation path (cogfm_hf.training.eval_model): generations stop at their complete answer line, the KV
 cache grows by doubling, and lm-eval's task index is ours alone; none of it changes a token or a score. (The scores
 of the fast path against the plain `lm_eval --model hf` CLI on one checkpoint: test_eval_tasks.py.)"""
 
@@ -9,18 +9,20 @@ from transformers import AutoTokenizer, DynamicCache
 from cogfm_hf import CogFMConfig, CogFMForCausalLM
 from cogfm_hf.paths import EVAL_TASKS_DIR
 from cogfm_hf.tasks.answers import first_answer
-from cogfm_hf.training.evaluation import (
+from cogfm_hf.training import eval_model
+from cogfm_hf.training.eval_model import (
     AnswerLineComplete,
     AnswerLineHFLM,
     GrowingKeysValues,
     GrowingLayer,
     GrowingStateLayer,
+    RowEnd,
     answer_line_complete,
+    greedy_decode,
     growing_cache,
-    run_lm_eval,
-    scores,
-    task_manager,
 )
+from cogfm_hf.training.evaluation import run_lm_eval, scores, task_manager
+from cogfm_hf.training.run import position_coupling
 
 from .conftest import small_config
 
@@ -48,7 +50,7 @@ def test_the_criterion_stops_each_row_at_the_newline_after_its_answer(pretrained
     prompt = tokenizer("12+30=?\n")["input_ids"]
     rows = ["2+0=2 write 2.\nAnswer: 42\nAnd now", "1+3=4 write 4 and then more steps, no answer yet"]
     encoded = [tokenizer(row, add_special_tokens=False)["input_ids"] for row in rows]
-    criterion = AnswerLineComplete(lm, lm._token_texts, len(prompt), batch_size=2)
+    criterion = AnswerLineComplete(lm, lm.token_texts, len(prompt), batch_size=2)
     done_at = [None, None]
     for step in range(max(map(len, encoded))):
         # As generate() pads a finished row: with the pad token.
@@ -107,6 +109,42 @@ def test_the_growing_cache_generates_the_tokens_of_the_dynamic_cache(mixers):
     assert torch.equal(keys[..., :80, :], dynamic.layers[0].keys[..., :80, :])
 
 
+@pytest.mark.parametrize("mixers", [*MIXERS, "position_coupling"])
+def test_greedy_decode_writes_what_generate_writes_and_drops_each_row_when_it_ends(data_dir, mixers):
+    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer", padding_side="left")
+    special = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    fields = (
+        {"position_coupling": position_coupling(tokenizer, 32)} if mixers == "position_coupling" else MIXERS[mixers]
+    )
+    torch.manual_seed(0)
+    # A large init makes a random model's tokens depend on everything it is given, so a wrong input shows.
+    model = CogFMForCausalLM(small_config(**special, **fields, initializer_range=0.3, max_position_embeddings=256))
+    lm = AnswerLineHFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=3, backend="causal")
+    prompts = tokenizer(
+        ["12+345=?\n", "7+8=?\n", "Alice has 3 apples and 40 pears.\n"], return_tensors="pt", padding=True
+    )
+    budgets = [41, 6, 19]
+    with torch.no_grad():
+        out = model.generate(**prompts, max_new_tokens=max(budgets), do_sample=False)
+    rows = [RowEnd(lm, until=[], budget=budget) for budget in budgets]
+    compacted = []
+    reorder = DynamicCache.reorder_cache
+    with pytest.MonkeyPatch.context() as patch:  # records the rows each compaction keeps; replaces nothing
+        patch.setattr(
+            DynamicCache,
+            "reorder_cache",
+            lambda cache, index: compacted.append(index.tolist()) or reorder(cache, index),
+        )
+        greedy_decode(model, prompts["input_ids"], prompts["attention_mask"], rows)
+    for index, row in enumerate(rows):
+        expected = out[index, prompts["input_ids"].shape[1] :].tolist()[: budgets[index]]
+        if tokenizer.eos_token_id in expected:  # generate() ends a row at end of text and pads it after
+            expected = expected[: expected.index(tokenizer.eos_token_id) + 1]
+        assert row.tokens == expected, (mixers, index)
+    assert [len(row.tokens) for row in rows] == budgets, "the test wants rows that end at their budgets"
+    assert compacted == [[0, 2], [0]]  # the 6-token row left first, then the 19-token one
+
+
 def test_our_tasks_are_indexed_without_lm_eval_s_own_and_its_tasks_still_resolve():
     ours = task_manager(("cogfm_all",), str(EVAL_TASKS_DIR))
     assert "cogfm_chains_op2" in ours.all_tasks and "arc_easy" not in ours.all_tasks
@@ -125,6 +163,32 @@ def test_the_fast_and_the_plain_path_score_a_live_model_alike(pretrained):
     assert results[True].keys() == results[False].keys() and len(results[True]) > 5
     for key, value in results[True].items():
         assert value == results[False][key] or (value != value and results[False][key] != results[False][key]), key
+
+
+def test_requests_of_every_task_share_batches_and_each_row_writes_what_it_writes_alone(pretrained, monkeypatch):
+    model = CogFMForCausalLM.from_pretrained(pretrained)
+    tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    tasks = ["cogfm_addition_digits3", "cogfm_addition_digits8", "cogfm_chains_op6", "cogfm_code_stmts2"]
+    batches = []
+    decode = eval_model.greedy_decode
+
+    def recording(model, context, attention_mask, rows):  # what each batch was asked to decode; nothing replaced
+        batches.append(sorted({(row.budget, tuple(row.until)) for row in rows}))
+        return decode(model, context, attention_mask, rows)
+
+    monkeypatch.setattr(eval_model, "greedy_decode", recording)
+    fast = run_lm_eval(model, tasks, limit=3, batch_size=32, tokenizer=tokenizer)
+    plain = run_lm_eval(model, tasks, limit=3, batch_size=32, tokenizer=tokenizer, stop_at_answer_line=False)
+    assert len(batches) == 1 and [budget for budget, _ in batches[0]] == [122, 132, 154, 266]
+    for task in tasks:
+        alone = {sample["doc_id"]: sample for sample in plain["samples"][task]}
+        for sample in fast["samples"][task]:
+            # The plain path generated each row in a batch of its task alone, up to its own budget; here the row
+            # wrote the same tokens and stopped at its answer line, an `until` string or its budget.
+            written, full = sample["resps"][0][0], alone[sample["doc_id"]]["resps"][0][0]
+            assert full.startswith(written), (task, written, full)
+            assert sample["filtered_resps"] == alone[sample["doc_id"]]["filtered_resps"]
+    assert scores(fast) == scores(plain)
 
 
 @pytest.mark.parametrize("mixers", [MIXERS["canon"], MIXERS["hybrid_and_conv"]], ids=["canon", "hybrid_and_conv"])

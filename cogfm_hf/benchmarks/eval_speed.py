@@ -44,7 +44,7 @@ def main(argv=None):
     parser.add_argument("--checkpoint", default="outputs/cogfm-tiny")
     parser.add_argument("--tasks", nargs="*", default=["cogfm_all"])
     parser.add_argument("--limit", type=int, default=20, help="items per task (the in-loop default)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=96, help="the in-loop default (eval.batch_size)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)

@@ -23,17 +23,11 @@ from typing import ClassVar
 import torch
 from datasets import Dataset
 from lm_eval.models.huggingface import HFLM
-from transformers import StoppingCriteria, TrainerCallback
-from transformers.cache_utils import (
-    DynamicCache,
-    DynamicLayer,
-    LinearAttentionAndFullAttentionLayer,
-    LinearAttentionLayer,
-)
+from transformers import TrainerCallback
 
 from ..config import Config
 from ..paths import DIFFICULTY_METRIC_DIR, EVAL_TASKS_DIR
-from ..tasks.answers import ANSWER_PREFIX
+from .eval_model import AnswerLineHFLM
 from .heldout import heldout_loss
 
 
@@ -45,7 +39,7 @@ class EvalConfig(Config):
     every_steps: int = 0  # in-loop cadence in optimizer steps; 0: only before and after training
     limit: int | None = 20  # items per task in-loop (None: all)
     final_limit: int | None = None  # items per task in the final evaluation, the model card's (None: all)
-    batch_size: int = 32
+    batch_size: int = 96  # rows per decoding batch across tasks; 96-128 decoded fastest (docs/benchmarks.md)
     include_path: str | None = None  # lm-eval task folder; default: this repository's eval_tasks/
     enabled: bool = True
     # Packed sequences of the build kept out of training, whose loss every evaluation reports (eval/heldout_loss;
@@ -68,127 +62,6 @@ class EvalConfig(Config):
         if self.heldout_sequences and not self.enabled:
             raise self.invalid(
                 "heldout_sequences", "the held-out loss is measured by the evaluations: set eval.enabled true, or 0"
-            )
-
-
-def answer_line_complete(text: str) -> bool:
-    """Whether `text` holds a whole first answer line ("Answer: ...\n"): every cogfm scorer reads a response up to
-    there and no further (answers.first_answer), so what a model writes after it cannot change a score."""
-    start = text.find(ANSWER_PREFIX)
-    return start >= 0 and "\n" in text[start + len(ANSWER_PREFIX) :]
-
-
-class AnswerLineComplete(StoppingCriteria):
-    """Marks a row of a batched generate() done once its answer line is complete. Each new token's text is appended
-    to the row's (cheap); when that says complete, the row's tokens are decoded as lm-eval decodes the response, and
-    that decides: a row is never stopped before its scored text is whole."""
-
-    def __init__(self, lm: HFLM, token_texts: list[str], prompt_length: int, batch_size: int):
-        self.lm, self.token_texts, self.prompt_length = lm, token_texts, prompt_length
-        self.texts = [""] * batch_size
-        self.done = [False] * batch_size
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        for row, token in enumerate(input_ids[:, -1].tolist()):
-            if not self.done[row]:
-                self.texts[row] += self.token_texts[token]
-                if answer_line_complete(self.texts[row]):
-                    generated = input_ids[row, self.prompt_length :].tolist()
-                    self.done[row] = answer_line_complete(self.lm.tok_decode(generated))
-        return torch.tensor(self.done, device=input_ids.device)
-
-
-class GrowingKeysValues:
-    """Keys and values in a buffer that doubles when full, for a cache layer that would concatenate the whole cache
-    with each new token (DynamicLayer: O(length) per token; at evaluation lengths, prompts of ~150 tokens and ~250
-    generated, that copying was ~60% of decoding time on a CPU). The attention reads the same values through a
-    view, so the outputs are those of the layer it is mixed into (tests/test_evaluation.py compares the tokens)."""
-
-    _buffers: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        length = self.get_seq_length()
-        new_length = length + key_states.shape[-2]
-        buffers = self._buffers
-        # Rebuilt from keys/values when full, and when something replaced them (crop, reset, batch_select_indices).
-        if buffers is None or buffers[0].shape[-2] < new_length or self.keys.data_ptr() != buffers[0].data_ptr():
-            capacity = max(64, 2 * new_length)
-            buffers = tuple(
-                torch.empty((*states.shape[:-2], capacity, states.shape[-1]), dtype=states.dtype, device=states.device)
-                for states in (key_states, value_states)
-            )
-            if length:
-                buffers[0][..., :length, :] = self.keys
-                buffers[1][..., :length, :] = self.values
-            self._buffers = buffers
-        buffers[0][..., length:new_length, :] = key_states
-        buffers[1][..., length:new_length, :] = value_states
-        self.keys, self.values = buffers[0][..., :new_length, :], buffers[1][..., :new_length, :]
-        return self.keys, self.values
-
-
-class GrowingLayer(GrowingKeysValues, DynamicLayer):
-    """A full-attention layer's cache: keys and values only."""
-
-
-class GrowingStateLayer(GrowingKeysValues, LinearAttentionAndFullAttentionLayer):
-    """An attention layer's cache that also keeps convolution state (Canon layers; a hybrid layer's SSM): the
-    states are transformers' own, only the keys and values grow by doubling."""
-
-
-def growing_cache(config) -> DynamicCache | None:
-    """A DynamicCache whose attention layers grow by doubling (GrowingLayer, GrowingStateLayer): the layers
-    transformers lays out from `config.layer_types`, with the convolution states each layer keeps (a Canon
-    attention layer keeps `number_of_conv_states`); None for a config that does not say what its layers keep
-    (generate() then makes its own cache)."""
-    cache = DynamicCache(config=config)
-    canon = bool(getattr(config, "canon_set", ""))
-    if canon and getattr(config, "number_of_conv_states", None) is None:
-        return None
-    for index, layer in enumerate(cache.layers):
-        if type(layer) is DynamicLayer:
-            cache.layers[index] = GrowingStateLayer(config.number_of_conv_states) if canon else GrowingLayer()
-        elif type(layer) is LinearAttentionAndFullAttentionLayer:
-            cache.layers[index] = GrowingStateLayer(layer.number_of_states)
-        elif type(layer) is not LinearAttentionLayer:  # a kind this was not written for: leave it to generate()
-            return None
-    return cache
-
-
-class AnswerLineHFLM(HFLM):
-    """lm-eval's HF model (what `lm_eval --model hf` runs) with two changes: each generation also stops once its
-    answer line is complete, instead of running on to the task's `until` or max_gen_toks (what a model writes after
-    it is never scored), and the KV cache grows by doubling a buffer (GrowingLayer). The scores are those of the
-    plain model (tests/test_evaluation.py holds them equal)."""
-
-    @functools.cached_property
-    def _token_texts(self) -> list[str]:
-        return [self.tok_decode([token]) for token in range(len(self.tokenizer))]
-
-    def _model_generate(self, context, max_length, stop, **generation_kwargs):
-        """HFLM._model_generate (lm-eval 0.4) with the answer line among the stopping criteria: greedy unless the
-        task samples, lm-eval's `until` criteria, autocast as configured, the KV cache."""
-        from lm_eval.models.utils_hf import stop_sequences_criteria
-
-        generation_kwargs.setdefault("temperature", 0.0)
-        if generation_kwargs["temperature"] == 0.0 and not generation_kwargs.get("do_sample"):
-            generation_kwargs["do_sample"] = False
-            generation_kwargs.pop("temperature")
-        stopping = stop_sequences_criteria(self.tokenizer, stop, context.shape[1], context.shape[0])
-        stopping.append(AnswerLineComplete(self, self._token_texts, context.shape[1], context.shape[0]))
-        if "past_key_values" not in generation_kwargs and (cache := growing_cache(self.model.config)) is not None:
-            generation_kwargs["past_key_values"] = cache
-        precision = self.mixed_precision_dtype
-        with torch.autocast(device_type=self.device.type, dtype=precision, enabled=precision is not None):
-            return self.model.generate(
-                input_ids=context,
-                max_length=max_length,
-                stopping_criteria=stopping,
-                pad_token_id=self.tokenizer.pad_token_id,
-                use_cache=True,
-                **generation_kwargs,
             )
 
 
