@@ -191,8 +191,8 @@ class AnswerLineHFLM(HFLM):
         budget; such requests, and sampled ones, take lm-eval's path)."""
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
-        if self.batch_size == "auto" or self.think_end_token is not None:  # not what our evaluations use
-            return super().generate_until(requests, disable_tqdm)
+        if self.batch_size == "auto" or self.think_end_token is not None or self.backend != "causal":
+            return super().generate_until(requests, disable_tqdm)  # not what our evaluations use
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         greedy, other = [], []
         for index, request in enumerate(requests):
