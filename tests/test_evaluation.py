@@ -50,7 +50,7 @@ def test_the_criterion_stops_each_row_at_the_newline_after_its_answer(pretrained
     prompt = tokenizer("12+30=?\n")["input_ids"]
     rows = ["2+0=2 write 2.\nAnswer: 42\nAnd now", "1+3=4 write 4 and then more steps, no answer yet"]
     encoded = [tokenizer(row, add_special_tokens=False)["input_ids"] for row in rows]
-    criterion = AnswerLineComplete(lm, lm.token_texts, len(prompt), batch_size=2)
+    criterion = AnswerLineComplete(lm, batch_size=2)
     done_at = [None, None]
     for step in range(max(map(len, encoded))):
         # As generate() pads a finished row: with the pad token.

@@ -14,6 +14,7 @@ Sampled generations, and requests whose context lm-eval would truncate, take lm-
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 from lm_eval.models.huggingface import HFLM
@@ -34,26 +35,6 @@ def answer_line_complete(text: str) -> bool:
     there and no further (answers.first_answer), so what a model writes after it cannot change a score."""
     start = text.find(ANSWER_PREFIX)
     return start >= 0 and "\n" in text[start + len(ANSWER_PREFIX) :]
-
-
-class AnswerLineComplete(StoppingCriteria):
-    """Marks a row of a batched generate() done once its answer line is complete. Each new token's text is appended
-    to the row's (cheap); when that says complete, the row's tokens are decoded as lm-eval decodes the response, and
-    that decides: a row is never stopped before its scored text is whole."""
-
-    def __init__(self, lm: HFLM, token_texts: list[str], prompt_length: int, batch_size: int):
-        self.lm, self.token_texts, self.prompt_length = lm, token_texts, prompt_length
-        self.texts = [""] * batch_size
-        self.done = [False] * batch_size
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        for row, token in enumerate(input_ids[:, -1].tolist()):
-            if not self.done[row]:
-                self.texts[row] += self.token_texts[token]
-                if answer_line_complete(self.texts[row]):
-                    generated = input_ids[row, self.prompt_length :].tolist()
-                    self.done[row] = answer_line_complete(self.lm.tok_decode(generated))
-        return torch.tensor(self.done, device=input_ids.device)
 
 
 class GrowingKeysValues:
@@ -138,6 +119,20 @@ class RowEnd:
         return answer_line_complete(text) or any(stop in text for stop in self.until)
 
 
+class AnswerLineComplete(StoppingCriteria):
+    """Marks a row of a batched generate() done once its answer line is complete (`RowEnd` with no other stop:
+    generate() applies the task's `until` criteria, end of text and max_length itself)."""
+
+    def __init__(self, lm: "AnswerLineHFLM", batch_size: int):
+        self.rows = [RowEnd(lm, until=[], budget=sys.maxsize) for _ in range(batch_size)]
+        self.done = [False] * batch_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        for index, token in enumerate(input_ids[:, -1].tolist()):
+            self.done[index] = self.done[index] or self.rows[index].add(token)
+        return torch.tensor(self.done, device=input_ids.device)
+
+
 @torch.no_grad()
 def greedy_decode(model, context: torch.LongTensor, attention_mask: torch.LongTensor, rows: list[RowEnd]) -> None:
     """Greedy decoding of a left-padded batch, step for step what `model.generate(do_sample=False)` computes (the
@@ -201,8 +196,8 @@ class AnswerLineHFLM(HFLM):
             budget = kwargs.pop("max_gen_toks")
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
             length = len(self.tok_encode(context))
-            sampled = kwargs.pop("do_sample", False) or kwargs.pop("temperature", 0.0) != 0.0
-            if sampled or kwargs or length > self.max_length - budget:
+            do_sample, temperature = kwargs.pop("do_sample", False), kwargs.pop("temperature", 0.0)
+            if do_sample or temperature or kwargs or length > self.max_length - budget:
                 other.append(index)
             else:
                 greedy.append((budget, length, context, index, until))
@@ -237,7 +232,7 @@ class AnswerLineHFLM(HFLM):
             generation_kwargs["do_sample"] = False
             generation_kwargs.pop("temperature")
         stopping = stop_sequences_criteria(self.tokenizer, stop, context.shape[1], context.shape[0])
-        stopping.append(AnswerLineComplete(self, self.token_texts, context.shape[1], context.shape[0]))
+        stopping.append(AnswerLineComplete(self, context.shape[0]))
         if "past_key_values" not in generation_kwargs and (cache := growing_cache(self.model.config)) is not None:
             generation_kwargs["past_key_values"] = cache
         precision = self.mixed_precision_dtype
