@@ -8,7 +8,7 @@ TASKS["chains"].verify(example, "... so the answer is 7")
 from .answers import BACK
 from .arithmetic import AdditionTask, ArithmeticTask, ReversedAdditionTask
 from .base import Example, ReasoningTask
-from .chains import ChainsTask, PlannedChainsTask
+from .chains import ChainsTask, LinkedChainsTask, PlannedChainsTask
 from .code import CodeTask
 from .logic import LogicTask
 from .mixture import Mixture, MixtureComponent
@@ -22,6 +22,7 @@ TASKS: dict[str, ReasoningTask] = {
     for task in (
         ChainsTask(),
         PlannedChainsTask(),
+        LinkedChainsTask(),
         ArithmeticTask(),
         LogicTask(),
         CodeTask(),
