@@ -18,7 +18,7 @@ from lm_eval.tasks import TaskManager
 
 from cogfm_hf import CogFMForCausalLM
 from cogfm_hf.paths import EVAL_TASKS_DIR
-from cogfm_hf.tasks import get_task
+from cogfm_hf.tasks import TASKS, get_task
 from cogfm_hf.tasks.answers import ANSWER_PREFIX, BACK
 from cogfm_hf.tasks.base import is_held_out
 from cogfm_hf.tasks.export import GENERATED
@@ -57,7 +57,7 @@ def test_eval_tasks_top_holds_the_hand_written_files_and_every_generated_yaml_is
     }
     generated = {p.relative_to(EVAL_TASKS_DIR).as_posix() for p in EVAL_TASKS_DIR.rglob("*cogfm_*.yaml")}
     assert generated == {f"{GENERATED}/{p.name}" for p in (EVAL_TASKS_DIR / GENERATED).iterdir()}
-    assert len(generated) == len(ALL_TASK_NAMES) + 12 * 3 + 4  # task files; groups: per task, id, ood; 4 more
+    assert len(generated) == len(ALL_TASK_NAMES) + len(TASKS) * 3 + 4  # task files; groups: per task, id, ood; 4 more
     # lm-eval resolves an include against the including file's folder: the templates are one level up.
     includes = {yaml.safe_load((EVAL_TASKS_DIR / p).read_text()).get("include") for p in generated}
     assert includes == {None} | {
@@ -67,7 +67,11 @@ def test_eval_tasks_top_holds_the_hand_written_files_and_every_generated_yaml_is
 
 def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
     # Generation buckets, self-correction per task that writes steps (not reasoning-gym's), next-step tasks.
-    assert len(TASK_NAMES) == 68 + 9 + 5
+    generation_buckets = sum(len(task.buckets) for task in TASKS.values())
+    steps_written = [name for name, task in TASKS.items() if task.writes_steps and not name.startswith("rg_")]
+    next_step = [name for name in TASK_NAMES if name.endswith("_next_step")]
+    assert (generation_buckets, len(steps_written), len(next_step)) == (75, 10, 6)
+    assert len(TASK_NAMES) == generation_buckets + len(steps_written) + len(next_step)
     assert DEV_TASK_NAMES == sorted(
         f"{name}_dev" for name in TASK_NAMES if not name.endswith(("_next_step", "_self_correction"))
     )
@@ -91,7 +95,7 @@ def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
     assert sorted(tasks) == TASK_NAMES  # the group reaches every task file, and nothing else
     # The headline group holds exactly the tasks its metric (exact match of the extracted answer) exists in.
     generation = [name for name in TASK_NAMES if not name.endswith(("_next_step", "_self_correction"))]
-    assert sorted(task_manager.load(["cogfm_reasoning"])["tasks"]) == generation and len(generation) == 68
+    assert sorted(task_manager.load(["cogfm_reasoning"])["tasks"]) == generation and len(generation) == generation_buckets
     for name, task in tasks.items():
         docs = list(task.test_docs())
         test_set = task.config.dataset_kwargs["test_set"]

@@ -196,19 +196,18 @@ def test_planned_chains_write_the_walk_back_then_the_chains_solution():
             assert plan.mistake(planned, i, rng) != planned.meta["heads"][i]
 
 
-def test_linked_chains_open_each_walk_line_with_its_user_the_one_key_to_the_next_operation():
+def test_linked_chains_open_each_walk_line_with_its_user_the_one_key_to_what_follows():
     linked, plan, rng = TASKS["chains_link"], TASKS["chains_plan"], random.Random(5)
     for example, planned in zip(take(linked.generate(6, op=(1, 8)), 60), take(plan.generate(6, op=(1, 8)), 60)):
         assert (example.prompt, example.answer) == (planned.prompt, planned.answer)
         walk_length = example.difficulty + 1
         assert example.steps[walk_length:] == planned.steps[walk_length:] and ">" not in example.prompt
-        assert example.steps[0] == planned.steps[0]
-        for line, planned_line, above in zip(example.steps[1:walk_length], planned.steps[1:], planned.steps):
-            assert line == above.split("=")[0] + ">" + planned_line  # opened by the name it is an operand of
-        # Each operation's name is found by the name computed just before it: the one `>name=` in the text.
-        names = [line.split("=")[0] for line in example.steps[walk_length - 1 :]]
-        for computed, following in zip(names, names[1:]):
-            computed = computed.split(">")[-1]
+        users = ["?"] + [line.split("=")[0] for line in planned.steps[: walk_length - 1]]
+        for line, planned_line, user in zip(example.steps[:walk_length], planned.steps, users):
+            assert line == user + ">" + planned_line  # opened by the name it is an operand of, or by the question
+        # After each operation, the one `>name=` in the text opens with the next operation's name, or `?` at the end.
+        names = [line.split("=")[0].split(">")[-1] for line in example.steps[walk_length - 1 :]]
+        for computed, following in zip(names, names[1:] + ["?"]):
             assert example.text.count(f">{computed}=") == 1
             linked_line = next(line for line in example.steps if f">{computed}=" in line)
             assert linked_line.split(">")[0] == following
@@ -217,7 +216,7 @@ def test_linked_chains_open_each_walk_line_with_its_user_the_one_key_to_the_next
         for i in range(len(example.steps)):
             wrong = linked.mistake(example, i, rng)
             assert wrong is None or wrong != example.meta["heads"][i]
-            if 1 <= i < walk_length:
+            if i < walk_length:
                 assert wrong.split(">")[0] == example.meta["heads"][i].split(">")[0]
 
 

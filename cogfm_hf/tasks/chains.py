@@ -213,12 +213,12 @@ class PlannedChainsTask(ChainsTask):
 
 
 class LinkedChainsTask(PlannedChainsTask):
-    """Dependency chains with the walk written down and linked (`chains_link`): `chains_plan`, each walk line after
-    the first opened by the name that uses it and `>`. The same problems and answers as `chains`.
+    """Dependency chains with the walk written down and linked (`chains_link`): `chains_plan`, each walk line opened
+    by the name that uses it and `>` (the question's own line by `?`). The same problems and answers as `chains`.
 
         (the prompt of the module's example)
         bi=?
-        bi=lo+ka.
+        ?>bi=lo+ka.
         bi>lo=ka*ru.
         lo>ka=3.
         lo=ka*ru=3*5=5.
@@ -227,27 +227,31 @@ class LinkedChainsTask(PlannedChainsTask):
 
     In `chains_plan` the operations are computed in the reverse order of the walk, so each operation's name is that
     of the walk line as far above the constant as the operation is below it: a stack. Trained on op <= 4, a model
-    wrote the right operation under the wrong name at op 6 (the name of a walk line counted from the wrong end; 45
-    of 60 failures, docs/results.md). Here the name an operation needs is where a lookup by content finds it: the
-    one walk line holding `>` and the name just computed opens with its user, and `>` appears nowhere else (not in
-    prompts, not in the operations), so the key is unique at any depth.
+    wrote the right operation under the wrong name from op 5 on (the name of a walk line counted from the wrong
+    end). Here what comes after an operation is found by a lookup by content: the one walk line holding `>` and the
+    name just computed opens with its user, the next operation's name, or with `?` where the name is the question's
+    and the answer follows. `>` appears nowhere else (not in prompts, not in the operations), so the key is unique at
+    any depth. (Without the question's link, a model found every name right but stopped after 4 operations, the
+    most it was trained on: the end was the absence of a key, and counting was easier.)
     """
 
     name = "chains_link"
+    question_link = "?"
 
     def solution(self, steps, values):
         texts, heads, results = super().solution(steps, values)
         walk = len(steps) + 1
-        links = [f"{target}>" for target, _, _ in reversed(steps)]  # walk line k + 1 is used by walk line k's name
-        texts = texts[:1] + [link + line for link, line in zip(links, texts[1:walk])] + texts[walk:]
-        heads = heads[:1] + [link + head for link, head in zip(links, heads[1:walk])] + heads[walk:]
+        # walk line k + 1 is used by walk line k's name; the first by the question
+        links = [f"{self.question_link}>"] + [f"{target}>" for target, _, _ in reversed(steps)]
+        texts = [link + line for link, line in zip(links, texts[:walk])] + texts[walk:]
+        heads = [link + head for link, head in zip(links, heads[:walk])] + heads[walk:]
         start, end = results[walk - 1]  # the constant's value moves right by its link
         results[walk - 1] = [start + len(links[-1]), end + len(links[-1])]
         return texts, heads, results
 
     def mistake(self, example, step_index, rng):
-        if not 1 <= step_index <= len(example.meta["order"]):
+        if step_index > len(example.meta["order"]):
             return super().mistake(example, step_index, rng)
-        # A linked walk line: the right user, another name (not the previous line's first operand).
+        # A walk line: the right user, another name (not the previous line's first operand).
         link, right = example.meta["heads"][step_index].split(">")
         return link + ">" + rng.choice(sorted(f"{n}=" for n in example.meta["definitions"] if f"{n}=" != right))
