@@ -172,6 +172,12 @@ class CogFMConfig(PreTrainedConfig):
             marker restarts a step's places) and `"operator_token_ids"`: [ids] (couple only documents whose first
             line is a sum, digits and these tokens; every other document keeps ordinary positions); None (the
             default) keeps Llama's positions.
+        train_position_stretch: in training, each token's RoPE position advances by a random 1..S from the one
+            before it in its document, instead of by 1 (randomised positions, Ruoss et al. 2023, arXiv 2305.16843),
+            so that the distance between two tokens no longer says how many tokens lie between them: a model
+            cannot count steps by distance and has to find what it needs by content. Evaluation and generation keep
+            ordinary positions, whose distances training showed too. 1 (the default) keeps Llama's positions; not
+            with `position_coupling`, which has its own training spreads.
         use_cache: return a KV cache from forward by default (generation).
 
     Example:
@@ -221,6 +227,7 @@ class CogFMConfig(PreTrainedConfig):
     mamba_d_conv: int | None = None
     mamba_chunk_size: int | None = None
     position_coupling: dict | None = None
+    train_position_stretch: int = 1
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = None
@@ -253,6 +260,16 @@ class CogFMConfig(PreTrainedConfig):
         self._check_layer_types()
         self._check_mixers()
         self._check_position_coupling()
+        stretch = self.train_position_stretch
+        if isinstance(stretch, bool) or not isinstance(stretch, int) or stretch < 1:
+            raise ValueError(
+                f"CogFMConfig.train_position_stretch must be an integer >= 1 (1: ordinary positions), got {stretch!r}."
+            )
+        if stretch > 1 and self.position_coupling is not None:
+            raise ValueError(
+                "CogFMConfig.train_position_stretch and position_coupling both set the training positions; use "
+                "position_coupling's train_column_gap / train_column_offset, or leave train_position_stretch at 1."
+            )
         super().__post_init__(**kwargs)  # standardises rope_parameters: rope_type, and rope_theta unless given
         rope_type = self.rope_parameters["rope_type"]
         if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:

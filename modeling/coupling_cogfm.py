@@ -97,6 +97,14 @@ def random_per_document(starts: torch.BoolTensor, low: int, high: int) -> torch.
     return draws.gather(-1, document)
 
 
+def stretched_positions(starts: torch.BoolTensor, stretch: int) -> torch.LongTensor:
+    """Per token, its RoPE position when every token after its document's first advances by a random 1..`stretch`
+    (training only: `train_position_stretch`). Each document starts at 0, as ordinary positions do."""
+    steps = torch.randint(1, stretch + 1, starts.shape, device=starts.device).masked_fill(starts, 0)
+    travelled = steps.cumsum(-1)
+    return travelled - travelled.gather(-1, _last_position_where(starts))
+
+
 @dataclass
 class CoupledPlaces:
     ids: torch.LongTensor  # every token's RoPE position

@@ -30,7 +30,13 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_cogfm import SSM_LAYER_TYPES, CogFMConfig
-from .coupling_cogfm import CoupledPlaces, coupled_places, document_starts, random_per_document
+from .coupling_cogfm import (
+    CoupledPlaces,
+    coupled_places,
+    document_starts,
+    random_per_document,
+    stretched_positions,
+)
 from .mixers_cogfm import (
     CogFMCausalConv,
     CogFMMamba2,
@@ -410,6 +416,9 @@ class CogFMModel(CogFMPreTrainedModel):
                 if coupled_tokens is None:
                     raise ValueError("coupled_position_ids were given without coupled_tokens, which Canon needs here.")
                 sequence_context.canon_mask = (~coupled_tokens)[..., None]
+        elif self.training and self.config.train_position_stretch > 1:
+            starts = document_starts(inputs_embeds.shape[:2], inputs_embeds.device, given_position_ids, padding_mask)
+            rope_position_ids = stretched_positions(starts, self.config.train_position_stretch)
         position_embeddings = self.rotary_emb(hidden_states, position_ids=rope_position_ids)
         for decoder_layer in self.layers:
             # position_ids travel to the attention function: varlen kernels (flash-attention) find the document

@@ -351,3 +351,39 @@ def test_the_lm_eval_cli_generates_what_the_model_generates_with_coupled_places(
         assert written[0] == response, (prompt, response, written[0])
         differs += written[1] != response
     assert differs, "the coupled and the plain model wrote the same text: the test could not tell them apart"
+
+
+@pytest.mark.parametrize("canon_set", ["", "ABCD"])
+def test_training_stretches_each_documents_positions_by_random_steps_and_evaluation_does_not(canon_set):
+    """`train_position_stretch` S: in training each token of a packed row sits 1..S places after the one before it
+    in its document (each document from 0); evaluation and generation see the ordinary positions."""
+    model = CogFMForCausalLM(small_config(canon_set=canon_set, train_position_stretch=3))
+    lengths = (9, 30, 5, 20)
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    input_ids = torch.randint(3, 97, position_ids.shape)
+    seen = []
+    model.model.rotary_emb.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(kwargs["position_ids"]), with_kwargs=True
+    )
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(input_ids, position_ids=position_ids).logits
+    assert torch.equal(seen[-1], position_ids)
+    model.train()
+    steps = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        trained = model(input_ids, position_ids=position_ids).logits
+        placed, start = seen[-1][0], 0
+        for n in lengths:
+            document = placed[start : start + n]
+            assert document[0] == 0
+            steps += torch.diff(document).tolist()
+            start += n
+    assert set(steps) == {1, 2, 3}
+    assert not torch.allclose(trained, evaluated)  # the stretched places reach the attention
+    with pytest.raises(ValueError, match="train_position_stretch must be an integer >= 1"):
+        small_config(train_position_stretch=0)
+    with pytest.raises(ValueError, match="train_position_stretch and position_coupling"):
+        coupling = dict(digit_token_ids=list(range(10, 20)), newline_token_id=5, stride=32)
+        small_config(train_position_stretch=2, position_coupling=coupling)
