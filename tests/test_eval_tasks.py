@@ -95,7 +95,9 @@ def test_lm_eval_validates_and_builds_every_task(task_manager, tmp_path):
     assert sorted(tasks) == TASK_NAMES  # the group reaches every task file, and nothing else
     # The headline group holds exactly the tasks its metric (exact match of the extracted answer) exists in.
     generation = [name for name in TASK_NAMES if not name.endswith(("_next_step", "_self_correction"))]
-    assert sorted(task_manager.load(["cogfm_reasoning"])["tasks"]) == generation and len(generation) == generation_buckets
+    assert (
+        sorted(task_manager.load(["cogfm_reasoning"])["tasks"]) == generation and len(generation) == generation_buckets
+    )
     for name, task in tasks.items():
         docs = list(task.test_docs())
         test_set = task.config.dataset_kwargs["test_set"]
