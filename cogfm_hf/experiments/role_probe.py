@@ -40,9 +40,14 @@ STEP_ROLES = ("step name", "operand 1", "operand 2", "value 1", "value 2", "resu
 PROBED_TASKS = ("chains", "chains_plan", "chains_link")
 
 
+def walk_length(example) -> int:
+    """How many lines of `example`'s solution are the walk (the formats that write it: op + 1; `chains`: none)."""
+    return example.difficulty + 1 if example.task in ("chains_plan", "chains_link") else 0
+
+
 def role_offsets(example) -> list[tuple[str, int, str]]:
     """(role, character offset in prompt + solution, gold text) of every probed token of one example."""
-    walk_lines = example.difficulty + 1 if example.task in ("chains_plan", "chains_link") else 0
+    walk_lines = walk_length(example)
     offsets, position = [], len(example.prompt)
     for index, line in enumerate(example.steps):
         if index < walk_lines and example.task == "chains_link":
@@ -97,7 +102,7 @@ def probe(model, tokenizer, task: str, n: int = 150, seed: int = 77, op=(1, 4)) 
 
 def line_name(example, line: int) -> str:
     """What line `line` (0-based) of `example`'s solution is: a walk line, an operation, or the answer."""
-    walk_lines = example.difficulty + 1 if example.task in ("chains_plan", "chains_link") else 0
+    walk_lines = walk_length(example)
     if line < walk_lines:
         return f"walk line {line + 1}"
     return f"operation {line - walk_lines + 1}" if line < len(example.steps) else "answer line"
