@@ -319,6 +319,24 @@ def test_fingerprint_follows_the_recipe_and_the_format_version(monkeypatch, tmp_
     assert base.fingerprint() != before
 
 
+def test_a_changed_generator_is_a_new_build_under_the_same_task_name(monkeypatch, tmp_path):
+    import cogfm_hf.tasks.chains as chains_module
+    from cogfm_hf.experiments.runs import data_key
+
+    def data(task):
+        return {"sources": [{"name": "t", "type": "tasks", "num_examples": 10, "mixture": [{"task": task}]}]}
+
+    chains = load_recipe({"output_dir": str(tmp_path / "o"), **data("chains_link")})
+    addition = load_recipe({"output_dir": str(tmp_path / "o"), **data("addition_lsd")})
+    before = {"chains": chains.fingerprint(), "addition": addition.fingerprint(), "key": data_key(data("chains_link"))}
+    edited = tmp_path / "chains.py"  # the generator's module with one line changed, as an edit would leave it
+    edited.write_text(Path(chains_module.__file__).read_text() + "\nSEPARATOR = '>'\n")
+    monkeypatch.setattr(chains_module, "__file__", str(edited))
+    assert chains.fingerprint() != before["chains"]
+    assert data_key(data("chains_link")) != before["key"]
+    assert addition.fingerprint() == before["addition"]  # another task's module is not part of its build
+
+
 def test_a_build_with_nothing_to_train_on_is_an_error_naming_the_skips(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "bad.jsonl").write_text('{"text": "unterminated\n{"body": "no text"}\n')

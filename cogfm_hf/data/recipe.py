@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..config import Config, RecipeError, read_yaml
-from ..tasks.mixture import Mixture, MixtureComponent
+from ..tasks.mixture import Mixture, MixtureComponent, generator_digest
 
 SOURCE_TYPES = ("files", "hf_dataset", "tasks", "python_stdlib")
 # Bump when a pipeline change alters what a build writes (cleaning, tokenizer, packing columns...): the
@@ -221,17 +221,17 @@ class DataRecipe(Config):
             raise self.invalid("sources", f"source names must be unique, got {names}")
 
     def fingerprint(self) -> str:
-        """Identifies the build: same recipe, task-generator version and data format -> same output."""
+        """Identifies the build: same recipe, task generators' code and data format -> same output."""
         from ..tasks.export import EXPORT_VERSION
 
-        recipe = self.to_dict()
-        for source in recipe["sources"]:
-            for component in source.get("mixture") or []:
-                # retry_model came later: a component without one fingerprints as before, so builds stay valid
-                if component.get("retry_model") is None:
-                    component.pop("retry_model", None)
+        task_names = sorted({c.task for source in self.sources if source.type == "tasks" for c in source.mixture})
         blob = json.dumps(
-            {"recipe": recipe, "tasks": EXPORT_VERSION, "format": DATA_FORMAT_VERSION},
+            {
+                "recipe": self.to_dict(),
+                "tasks": EXPORT_VERSION,
+                "generators": generator_digest(task_names) if task_names else None,
+                "format": DATA_FORMAT_VERSION,
+            },
             sort_keys=True,
             default=str,
         )

@@ -19,6 +19,7 @@ import yaml
 
 from ..data.recipe import DataRecipe
 from ..tasks import BACK
+from ..tasks.mixture import generator_digest
 from ..training.evaluation import run_lm_eval, scores
 
 RUN_DONE = "ablation_eval.json"  # the record's name predates the other experiments; kept so old run dirs resume
@@ -27,8 +28,15 @@ RUN_LOG = "train.log"  # the Trainer's progress bar and logs
 
 
 def data_key(data: dict) -> str:
-    """Names a data section by its content (without its output_dir), so variants with the same data share a build."""
-    blob = json.dumps({k: v for k, v in data.items() if k != "output_dir"}, sort_keys=True, default=str)
+    """Names a data section by its content (without its output_dir) and its task generators' code, so variants
+    with the same data share a build and a generator changed under the same task name gets a new one."""
+    tasks = sorted(
+        {c["task"] for s in data.get("sources", []) if s.get("type") == "tasks" for c in s.get("mixture", [])}
+    )
+    content = {k: v for k, v in data.items() if k != "output_dir"}
+    blob = json.dumps(
+        {**content, "generators": generator_digest(tasks) if tasks else None}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

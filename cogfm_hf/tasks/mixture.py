@@ -6,9 +6,13 @@ stream and a resumed run regenerates exactly what it saw. Only training template
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from datasets import Dataset, Features, Sequence, Value
 
@@ -47,6 +51,28 @@ RECORD_FEATURES = Features(
         "marker_spans": Sequence(Sequence(Value("int32"), length=2)),
     }
 )
+
+
+def generator_digest(task_names: list[str]) -> str:
+    """Identifies the code that writes these tasks' examples: the source of each task's class and base classes, of
+    this module (mixing, retry data, the model's own mistakes), and of every module they import from this package,
+    transitively. A data build keyed by it is rebuilt when a generator changes, even under the same task name."""
+    from . import get_task  # the registry imports this module
+
+    pending = {__name__} | {cls.__module__ for name in task_names for cls in type(get_task(name)).__mro__}
+    modules: dict[str, Path] = {}
+    while pending:
+        name = pending.pop()
+        if name in modules or not name.startswith(__package__ + "."):
+            continue
+        modules[name] = Path(importlib.import_module(name).__file__)
+        for node in ast.walk(ast.parse(modules[name].read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:  # `from .x import y`
+                pending.add(f"{__package__}.{node.module}")
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        digest.update(name.encode() + b"\0" + modules[name].read_bytes())
+    return digest.hexdigest()
 
 
 class Mixture:
