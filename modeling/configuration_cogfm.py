@@ -142,7 +142,9 @@ class CogFMConfig(PreTrainedConfig):
         rope_parameters: transformers' RoPE parameters, for a scaled variant (long context), e.g.
             `{"rope_type": "linear", "factor": 4.0}`; any `rope_type` of transformers' rope utilities (linear,
             dynamic, yarn, longrope, llama3...). Defaults to plain RoPE with `rope_theta`; after construction it
-            always holds `rope_type` and `rope_theta`.
+            always holds `rope_type` and `rope_theta`. `{"partial_rotary_factor": f}` rotates only the first
+            f x head_dim channels of each head (partial RoPE; 0 is NoPE: attention by content alone, positions
+            then come only from the causal mask and any Canon layers).
         rms_norm_eps: epsilon of every RMSNorm.
         initializer_range: standard deviation of the weight init (see above).
         tie_word_embeddings: share the input embedding matrix with the output head.
@@ -278,6 +280,17 @@ class CogFMConfig(PreTrainedConfig):
                 f"use 'default' or one of {sorted(ROPE_INIT_FUNCTIONS)}."
             )
         self.rope_theta = self.rope_parameters["rope_theta"]  # one value, whichever way it was given
+        factor = self.rope_parameters.get("partial_rotary_factor", 1.0)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 <= factor <= 1:
+            raise ValueError(
+                "CogFMConfig.rope_parameters['partial_rotary_factor'] is the share of each head's channels that "
+                f"rotate: a number in [0, 1] (0: no position embedding, NoPE), got {factor!r}."
+            )
+        if int(self.head_dim * factor) % 2:
+            raise ValueError(
+                f"CogFMConfig.rope_parameters['partial_rotary_factor'] {factor} rotates {int(self.head_dim * factor)} "
+                f"of head_dim {self.head_dim} channels; RoPE rotates pairs, so choose a factor giving an even count."
+            )
 
     def _check_sizes(self):
         for field in (

@@ -84,8 +84,10 @@ class CogFMRotaryEmbedding(nn.Module):
 
     @staticmethod
     def compute_default_rope_parameters(config: CogFMConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
-        """Plain RoPE's inverse frequencies, and its attention scaling (1: none)."""
-        dim, base = config.head_dim, config.rope_parameters["rope_theta"]
+        """Plain RoPE's inverse frequencies, and its attention scaling (1: none). With `partial_rotary_factor` f
+        only the first f x head_dim channels of each head rotate, as in transformers' rope utilities."""
+        dim = int(config.head_dim * config.rope_parameters.get("partial_rotary_factor", 1.0))
+        base = config.rope_parameters["rope_theta"]
         return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim)), 1.0
 
     @torch.no_grad()
@@ -102,9 +104,18 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary_pos_emb(q, k, cos, sin):
-    """Rotate queries and keys ([batch, heads, seq, head_dim]) by their positions' angles."""
+    """Rotate queries and keys ([batch, heads, seq, head_dim]) by their positions' angles. Under partial RoPE
+    (`cos` narrower than a head) the first `cos.shape[-1]` channels rotate and the rest pass unchanged."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+    rotary_dim = cos.shape[-1]
+    if rotary_dim == q.shape[-1]:
+        return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+    (q_rot, q_pass), (k_rot, k_pass) = (
+        q.split([rotary_dim, q.shape[-1] - rotary_dim], -1),
+        k.split([rotary_dim, k.shape[-1] - rotary_dim], -1),
+    )
+    q_rot, k_rot = (q_rot * cos) + (rotate_half(q_rot) * sin), (k_rot * cos) + (rotate_half(k_rot) * sin)
+    return torch.cat((q_rot, q_pass), dim=-1), torch.cat((k_rot, k_pass), dim=-1)
 
 
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:

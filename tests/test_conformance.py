@@ -120,6 +120,56 @@ def test_an_unknown_rope_type_is_refused_naming_the_field():
         small_config(rope_parameters={"rope_type": "bogus"})
 
 
+@pytest.mark.parametrize("factor", [0.25, 0.5])
+def test_partial_rope_rotates_what_stablelm_rotates(factor):
+    from transformers import StableLmConfig
+    from transformers.models.stablelm import modeling_stablelm
+
+    from modeling.modeling_cogfm import CogFMRotaryEmbedding, apply_rotary_pos_emb
+
+    config = small_config(rope_parameters={"partial_rotary_factor": factor})
+    reference = StableLmConfig(
+        hidden_size=config.hidden_size,
+        num_attention_heads=config.num_attention_heads,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta, "partial_rotary_factor": factor},
+    )
+    q, k = torch.randn(2, config.num_attention_heads, 9, config.head_dim), torch.randn(2, 2, 9, config.head_dim)
+    positions = torch.arange(9).repeat(2, 1) * 3  # a stride, so the relative angles are not the unit ones
+    cos, sin = CogFMRotaryEmbedding(config)(q, positions)
+    reference_cos, reference_sin = modeling_stablelm.StableLmRotaryEmbedding(reference)(q, positions)
+    torch.testing.assert_close((cos, sin), (reference_cos, reference_sin))
+    rotary = int(config.head_dim * factor)
+    q_rot, k_rot = modeling_stablelm.apply_rotary_pos_emb(q[..., :rotary], k[..., :rotary], cos, sin)
+    ours = apply_rotary_pos_emb(q, k, cos, sin)
+    torch.testing.assert_close(
+        ours, (torch.cat((q_rot, q[..., rotary:]), -1), torch.cat((k_rot, k[..., rotary:]), -1))
+    )
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.25])
+def test_partial_rope_and_nope_see_only_what_they_should_of_positions(factor):
+    model = CogFMForCausalLM(small_config(rope_parameters={"partial_rotary_factor": factor})).eval()
+    ids = torch.randint(3, 97, (1, 12))
+    with torch.no_grad():
+        cached = model.generate(ids[:, :4], max_new_tokens=8, do_sample=False)
+        uncached = model.generate(ids[:, :4], max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    # One layer of NoPE attention reads the tokens before the last as a set: shuffling them changes nothing there.
+    # (Position ids that do not step by 1 would not show it: transformers reads them as packed documents.)
+    one_layer = CogFMForCausalLM(small_config(num_hidden_layers=1, rope_parameters={"partial_rotary_factor": factor}))
+    shuffled = torch.cat((ids[:, :-1].flip(1), ids[:, -1:]), dim=1)  # the tokens before the last, reversed
+    with torch.no_grad():
+        last, last_shuffled = one_layer.eval()(ids).logits[:, -1], one_layer(shuffled).logits[:, -1]
+    assert torch.allclose(last, last_shuffled, atol=1e-5) == (factor == 0.0)
+
+
+def test_a_partial_rope_factor_outside_0_1_or_rotating_an_odd_count_is_refused():
+    with pytest.raises(ValueError, match=r"partial_rotary_factor.*in \[0, 1\]"):
+        small_config(rope_parameters={"partial_rotary_factor": 1.5})
+    with pytest.raises(ValueError, match=r"partial_rotary_factor.*RoPE rotates pairs"):
+        small_config(rope_parameters={"partial_rotary_factor": 0.3125})  # 5 of 16
+
+
 def cogfm_and_llama(**overrides) -> tuple[CogFMForCausalLM, LlamaForCausalLM]:
     """A CogFM and the LlamaForCausalLM carrying exactly its weights: whatever transformers does with Llama,
     it must do with CogFM, to the same result."""
