@@ -161,6 +161,28 @@ def test_format_arms_change_only_the_task_and_its_evaluation_and_file_results_un
     }
 
 
+def test_rope_arms_change_only_how_much_of_each_head_rotates(tmp_path):
+    from cogfm_hf import CogFMConfig
+
+    config, base = load_ablation(ABLATION_RECIPE.parent / "chains-wide.yaml")
+    baseline = resolved(config, base, "baseline", tmp_path)
+    for arm, factor in (("nope", 0.0), ("rope_quarter", 0.25)):
+        recipe = resolved(config, base, arm, tmp_path)
+        rope = "model.overrides.rope_parameters."
+        assert differing(recipe, baseline) - ALWAYS == {
+            rope + "partial_rotary_factor",
+            rope + "rope_type",
+            rope + "rope_theta",
+        }
+        assert recipe["data"] == baseline["data"]  # one build for the three arms
+        model = CogFMConfig.from_preset(recipe["model"]["preset"], **recipe["model"]["overrides"])
+        assert model.rope_parameters == {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": factor,
+        }
+
+
 def test_knob_arms_change_only_their_tasks_knobs_and_the_data_they_build(tmp_path):
     config, base = load_ablation(ABLATION_RECIPE.parent / "rules.yaml")
     baseline, few = (resolved(config, base, arm, tmp_path) for arm in ("baseline", "rules_16"))
