@@ -110,10 +110,8 @@ def apply_rotary_pos_emb(q, k, cos, sin):
     rotary_dim = cos.shape[-1]
     if rotary_dim == q.shape[-1]:
         return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
-    (q_rot, q_pass), (k_rot, k_pass) = (
-        q.split([rotary_dim, q.shape[-1] - rotary_dim], -1),
-        k.split([rotary_dim, k.shape[-1] - rotary_dim], -1),
-    )
+    q_rot, q_pass = q[..., :rotary_dim], q[..., rotary_dim:]
+    k_rot, k_pass = k[..., :rotary_dim], k[..., rotary_dim:]
     q_rot, k_rot = (q_rot * cos) + (rotate_half(q_rot) * sin), (k_rot * cos) + (rotate_half(k_rot) * sin)
     return torch.cat((q_rot, q_pass), dim=-1), torch.cat((k_rot, k_pass), dim=-1)
 
