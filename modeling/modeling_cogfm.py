@@ -413,6 +413,8 @@ class CogFMModel(CogFMPreTrainedModel):
         sequence_context = SequenceContext()
         if self.config.keeps_convolution_state:
             sequence_context = SequenceContext.build(given_position_ids, padding_mask, inputs_embeds.shape)
+            if not self.training and not torch.compiler.is_compiling():
+                sequence_context.ask_if_packed()
 
         hidden_states = inputs_embeds
         rope_position_ids = position_ids

@@ -109,17 +109,24 @@ def test_the_growing_cache_generates_the_tokens_of_the_dynamic_cache(mixers):
     assert torch.equal(keys[..., :80, :], dynamic.layers[0].keys[..., :80, :])
 
 
-@pytest.mark.parametrize("mixers", [*MIXERS, "position_coupling"])
-def test_greedy_decode_writes_what_generate_writes_and_drops_each_row_when_it_ends(data_dir, mixers):
+def random_lm(data_dir, mixers: str, batch_size: int):
+    """A random CogFM with `mixers` (a MIXERS key, or "position_coupling") on the test tokenizer, its lm-eval
+    model and the tokenizer. A large init makes a random model's tokens depend on everything it is given, so a
+    wrong input shows."""
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer", padding_side="left")
     special = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     fields = (
         {"position_coupling": position_coupling(tokenizer, 32)} if mixers == "position_coupling" else MIXERS[mixers]
     )
     torch.manual_seed(0)
-    # A large init makes a random model's tokens depend on everything it is given, so a wrong input shows.
-    model = CogFMForCausalLM(small_config(**special, **fields, initializer_range=0.3, max_position_embeddings=256))
-    lm = AnswerLineHFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=3, backend="causal")
+    model = CogFMForCausalLM(small_config(**special, **fields, initializer_range=0.3, max_position_embeddings=512))
+    lm = AnswerLineHFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=batch_size, backend="causal")
+    return model, lm, tokenizer
+
+
+@pytest.mark.parametrize("mixers", [*MIXERS, "position_coupling"])
+def test_greedy_decode_writes_what_generate_writes_and_drops_each_row_when_it_ends(data_dir, mixers):
+    model, lm, tokenizer = random_lm(data_dir, mixers, batch_size=3)
     prompts = tokenizer(
         ["12+345=?\n", "7+8=?\n", "Alice has 3 apples and 40 pears.\n"], return_tensors="pt", padding=True
     )
@@ -135,7 +142,7 @@ def test_greedy_decode_writes_what_generate_writes_and_drops_each_row_when_it_en
             "reorder_cache",
             lambda cache, index: compacted.append(index.tolist()) or reorder(cache, index),
         )
-        greedy_decode(model, prompts["input_ids"], prompts["attention_mask"], rows)
+        greedy_decode(model, rows, lambda indices: (prompts["input_ids"], prompts["attention_mask"]), 3, 0)
     for index, row in enumerate(rows):
         expected = out[index, prompts["input_ids"].shape[1] :].tolist()[: budgets[index]]
         if tokenizer.eos_token_id in expected:  # generate() ends a row at end of text and pads it after
@@ -143,6 +150,45 @@ def test_greedy_decode_writes_what_generate_writes_and_drops_each_row_when_it_en
         assert row.tokens == expected, (mixers, index)
     assert [len(row.tokens) for row in rows] == budgets, "the test wants rows that end at their budgets"
     assert compacted == [[0, 2], [0]]  # the 6-token row left first, then the 19-token one
+
+
+@pytest.mark.parametrize("mixers", [*MIXERS, "position_coupling"])
+def test_waiting_rows_join_a_running_batch_and_each_row_writes_what_it_writes_alone(data_dir, mixers):
+    model, lm, tokenizer = random_lm(data_dir, mixers, batch_size=2)
+    # Longest prompt first, as generate_until orders them; the budgets make rows leave at different steps, so
+    # later rows join a batch whose rows are longer or shorter than theirs.
+    prompts = [
+        "Alice has 3 apples and 40 pears, and Bob has 12.\n",
+        "12+345+6789=?\n",
+        "x = 3\ny = x + 4\n",
+        "7+8=?\n",
+        "9=?\n",
+    ]
+    budgets = [7, 60, 3, 30, 45]
+    alone = []
+    for prompt, budget in zip(prompts, budgets):
+        encoded = tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**encoded, max_new_tokens=budget, do_sample=False)
+        tokens = out[0, encoded["input_ids"].shape[1] :].tolist()
+        alone.append(
+            tokens[: tokens.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in tokens else tokens
+        )
+    taken, sizes = [], []
+    step = eval_model.GreedyBatch.step
+
+    def encode(indices):
+        taken.append(indices)
+        batch = tokenizer([prompts[index] for index in indices], return_tensors="pt", padding=True)
+        return batch["input_ids"], batch["attention_mask"]
+
+    rows = [RowEnd(lm, until=[], budget=budget) for budget in budgets]
+    with pytest.MonkeyPatch.context() as patch:  # records each step's batch size; replaces nothing
+        patch.setattr(eval_model.GreedyBatch, "step", lambda batch: sizes.append(len(batch.rows)) or step(batch))
+        greedy_decode(model, rows, encode, 2, tokenizer.pad_token_id)
+    assert [row.tokens for row in rows] == alone, mixers
+    assert max(sizes) == 2 and taken == [[0, 1], [2], [3], [4]]  # each row joined as soon as a place was free
+    assert len(sizes) < sum(budgets), "rows decoded side by side"
 
 
 def test_our_tasks_are_indexed_without_lm_eval_s_own_and_its_tasks_still_resolve():
@@ -172,9 +218,9 @@ def test_requests_of_every_task_share_batches_and_each_row_writes_what_it_writes
     batches = []
     decode = eval_model.greedy_decode
 
-    def recording(model, context, attention_mask, rows):  # what each batch was asked to decode; nothing replaced
+    def recording(model, rows, *args):  # what each call was asked to decode; nothing replaced
         batches.append(sorted({(row.budget, tuple(row.until)) for row in rows}))
-        return decode(model, context, attention_mask, rows)
+        return decode(model, rows, *args)
 
     monkeypatch.setattr(eval_model, "greedy_decode", recording)
     fast = run_lm_eval(model, tasks, limit=3, batch_size=32, tokenizer=tokenizer)
