@@ -1,5 +1,6 @@
 """The data pipeline on a planted corpus: survivors, counts, skips, tokenizer, packing, robustness."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -14,7 +15,14 @@ from transformers import AutoTokenizer
 
 from cogfm_hf.data import RecipeError, build, load_packed, load_recipe, unpack_documents
 from cogfm_hf.data.pack import TASK_VOCAB
-from cogfm_hf.data.pipeline import EmptyBuildError, lsh_bands, work_dir
+from cogfm_hf.data.pipeline import (
+    EmptyBuildError,
+    MinhashSignature,
+    lsh_bands,
+    minhash_config,
+    simplify_words,
+    work_dir,
+)
 from cogfm_hf.data.tokenizer import RESERVED_TOKENS
 from cogfm_hf.paths import EVAL_DATA_DIR
 from cogfm_hf.tasks import BACK
@@ -304,6 +312,29 @@ def test_lsh_bands_follow_the_threshold():
     for threshold in (0.5, 0.7, 0.8, 0.9):
         buckets, rows = lsh_bands(threshold, 112)
         assert abs((1 / buckets) ** (1 / rows) - threshold) < 0.06
+
+
+def test_our_minhash_simplifies_and_min_hashes_exactly_as_datatrove(tmp_path):
+    from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
+    from datatrove.utils.hashing import HashConfig
+    from datatrove.utils.text import DEF_TEXT_NORM_CONFIG, simplify_text
+
+    texts = [path.read_text() for path in sorted(Path(json.__file__).parent.glob("*.py"))]  # real prose and code
+    texts += [
+        "Café naïve résumé, Ångström\u0301 x \u0301 y  at 12.5 °C",
+        " \u0301a\tb\u0327\n",
+        "ｆｕｌｌ width, ﬁ ligature — ‘quotes’ ¿qué? ١٢٣ Ελληνικά",
+    ]
+    for text in texts:
+        assert simplify_words(text, DEF_TEXT_NORM_CONFIG) == simplify_text(text, DEF_TEXT_NORM_CONFIG)
+    recipe = load_recipe({"output_dir": str(tmp_path / "o"), "sources": [{"name": "s", "type": "python_stdlib"}]})
+    for precision in (64, 32):
+        config = dataclasses.replace(minhash_config(recipe), hash_config=HashConfig(precision=precision))
+        ours = MinhashSignature(str(tmp_path / "sigs"), config=config)
+        for text in texts:
+            shingles = ours.get_shingles(text)  # 1,000+ shingles per file: several blocks
+            if shingles.size:  # the pipeline signs only documents with an n-gram
+                assert ours.get_signature(shingles) == MinhashDedupSignature.get_signature(ours, shingles)
 
 
 def test_fingerprint_follows_the_recipe_and_the_format_version(monkeypatch, tmp_path):

@@ -7,7 +7,8 @@ wall time from its report. Baselines, timed in the same process on the same docu
 deduplication (content hashing, datatrove's 3 stages) for near-dedup, and bare batch tokenisation
 (`tokenizer(texts)`, no offsets, no packing) for tokenise + pack.
 
-Then MinHash signatures alone, in this process, alternating round by round on the build's exact-deduplicated
+Then MinHash signatures alone, and the build's whole near-dedup stage with each (signatures, buckets, clusters, and
+the filter that rewrites the corpus), in this process, alternating round by round on the build's exact-deduplicated
 corpus: our MinhashSignature against datatrove's own (spaCy word tokenisation, what the build ran before issue #20).
 And the near-duplicates each marks, through datatrove's bucket and cluster stages: a different word tokeniser and
 n-gram hash change the shingles, so some documents near the threshold change sides. How many is put beside
@@ -24,12 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from datatrove.executor import LocalPipelineExecutor
-from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupSignature
-from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 
 from ..data import build, load_recipe
-from ..data.pipeline import MinhashSignature, minhash_config
+from ..data.pipeline import MinhashSignature, minhash_config, pipelines, run_stage
 from ..hardware import describe_cpu
 
 SIGNATURES = {"datatrove (spaCy words)": MinhashDedupSignature, "ours": MinhashSignature}
@@ -44,20 +43,37 @@ def signature_seconds(signature_step, texts: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def near_duplicates(corpus: Path, scratch: Path, signature_class, config, workers: int) -> set:
-    """The documents the three MinHash stages mark for removal in `corpus`, as (rank, index)."""
-    steps = {
-        "signatures": ([JsonlReader(str(corpus)), signature_class(str(scratch / "sigs"), config=config)], workers),
-        "buckets": ([MinhashDedupBuckets(str(scratch / "sigs"), str(scratch / "buckets"), config=config)], None),
-        "cluster": ([MinhashDedupCluster(str(scratch / "buckets"), str(scratch / "remove"), config=config)], 1),
-    }
-    for name, (pipeline, tasks) in steps.items():
-        LocalPipelineExecutor(pipeline, tasks=tasks or config.num_buckets, logging_dir=str(scratch / name)).run()
-    return {
+def near_dedup_stage(exact_deduped: Path, scratch: Path, recipe, signatures) -> tuple[float, set]:
+    """The build's near-dedup stage on `exact_deduped` (its four steps, laid out by `pipelines` and run by
+    `run_stage` as the build runs them, 1 worker), with `signatures(output_folder, config)` as its first step's
+    signature step: the stage's seconds and the documents it marks for removal, as (rank, index)."""
+    scratch.mkdir()
+    (scratch / "exact_deduped").symlink_to(exact_deduped, target_is_directory=True)
+    stages = {name: stage for name, stage in pipelines(recipe, scratch).items() if name.startswith("minhash")}
+    (reader, ours), tasks = stages["minhash_signatures"]
+    stages["minhash_signatures"] = ([reader, signatures(str(ours.output_folder.path), ours.config)], tasks)
+    start = time.perf_counter()
+    for name, (steps, tasks) in stages.items():
+        run_stage(name, steps, tasks, 1, scratch)
+    seconds = time.perf_counter() - start
+    marked = {
         (int(path.name.split(".")[0]), int(index))
-        for path in (scratch / "remove").glob("*.remove")
+        for path in (scratch / "minhash" / "remove").glob("*.remove")
         for index in np.fromfile(path, dtype="<u4")
     }
+    return seconds, marked
+
+
+def print_comparison(what: str, seconds: dict[str, list[float]], documents: int, characters: int) -> None:
+    """A table of each arm's median throughput, and the median per-round ratio of the first arm's time to the
+    second's."""
+    print(f"| {what} | seconds | docs/s | MB/s |")
+    print("|---|---|---|---|")
+    for name, rounds in seconds.items():
+        median = statistics.median(rounds)
+        print(f"| {name} | {median:.2f} | {documents / median:,.0f} | {characters / median / 1e6:.2f} |")
+    ratios = sorted(theirs / ours for theirs, ours in zip(*seconds.values()))
+    print(f"speed-up: {statistics.median(ratios):.2f}x (min {ratios[0]:.2f}, max {ratios[-1]:.2f})")
 
 
 def main(argv=None):
@@ -120,16 +136,21 @@ def main(argv=None):
         config = minhash_config(recipe)
         steps = {name: cls(str(Path(scratch) / "unused"), config=config) for name, cls in SIGNATURES.items()}
         signature_step_seconds = {name: [] for name in SIGNATURES}
+        stage_seconds = {name: [] for name in SIGNATURES}
+        marked = {}
         for round_index in range(args.rounds):
-            for name in SIGNATURES if round_index % 2 == 0 else reversed(SIGNATURES):
+            for index, name in enumerate(SIGNATURES if round_index % 2 == 0 else reversed(SIGNATURES)):
                 signature_step_seconds[name].append(signature_seconds(steps[name], near_input))
-        marked = {
-            name: near_duplicates(work / "exact_deduped", Path(scratch) / f"mh-{i}", cls, config, args.workers)
-            for i, (name, cls) in enumerate(SIGNATURES.items())
-        }
-        reseeded = dataclasses.replace(config, seed=config.seed + 1)
-        marked["datatrove, hash seed + 1"] = near_duplicates(
-            work / "exact_deduped", Path(scratch) / "mh-seed", MinhashDedupSignature, reseeded, args.workers
+                elapsed, marked[name] = near_dedup_stage(
+                    work / "exact_deduped", Path(scratch) / f"near-{round_index}-{index}", recipe, SIGNATURES[name]
+                )
+                stage_seconds[name].append(elapsed)
+
+        def reseeded(output_folder, config):
+            return MinhashDedupSignature(output_folder, config=dataclasses.replace(config, seed=config.seed + 1))
+
+        _, marked["datatrove, hash seed + 1"] = near_dedup_stage(
+            work / "exact_deduped", Path(scratch) / "near-seed", recipe, reseeded
         )
 
     print(
@@ -150,15 +171,10 @@ def main(argv=None):
     )
     print("\nstage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
 
-    times = list(signature_step_seconds.values())
-    ratios = sorted(theirs / ours for theirs, ours in zip(*times))
     print(f"\nMinHash signatures (shingles + min-hashes) of the same {corpus_docs:,} documents, {args.rounds} rounds:")
-    print("| signatures | docs/s | MB/s |")
-    print("|---|---|---|")
-    for name, seconds_of_rounds in signature_step_seconds.items():
-        median = statistics.median(seconds_of_rounds)
-        print(f"| {name} | {corpus_docs / median:,.0f} | {corpus_chars / median / 1e6:.2f} |")
-    print(f"speed-up: {statistics.median(ratios):.2f}x (min {ratios[0]:.2f}, max {ratios[-1]:.2f})")
+    print_comparison("signatures", signature_step_seconds, corpus_docs, corpus_chars)
+    print(f"\nThe near-dedup stage as the build runs it (4 steps, 1 worker), {args.rounds} rounds:")
+    print_comparison("near-dedup stage with signatures by", stage_seconds, corpus_docs, corpus_chars)
     reference = marked["datatrove (spaCy words)"]
     print("\n| near-duplicates marked by | count | also marked by datatrove (spaCy, seed 1) | Jaccard |")
     print("|---|---|---|---|")
