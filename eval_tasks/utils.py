@@ -35,12 +35,20 @@ answers = _load_answers()
 
 
 def load_test_set(test_set: str) -> datasets.DatasetDict:
-    """The shipped test set `data/<test_set>.jsonl`, as lm-eval's `test` split."""
+    """The shipped test set `data/<test_set>.jsonl`, as lm-eval's `test` split. Read once per process while the
+    file is unchanged: the in-loop evaluations build every task again each time, and making the 91 datasets took
+    ~2 s of each (datasets fingerprints every new one)."""
     path = DATA_DIR / f"{test_set}.jsonl"
     if not path.exists():
         raise FileNotFoundError(
             f"{path}: no such cogfm test set; the files in {DATA_DIR} are written by `python -m cogfm_hf.tasks export`"
         )
+    stat = path.stat()
+    return _read_test_set(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.cache
+def _read_test_set(path: Path, modified_ns: int, size: int) -> datasets.DatasetDict:
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(records)})
 

@@ -250,6 +250,17 @@ def test_self_correction_needs_the_marker_first_then_the_right_answer_and_no_fal
     assert utils.answer_of(planted, f"{ANSWER_PREFIX}zzz\n") == ""
 
 
+def test_a_test_set_is_read_once_per_process_until_its_file_changes(tmp_path, monkeypatch):
+    utils = _utils()
+    monkeypatch.setattr(utils, "DATA_DIR", tmp_path)
+    path = tmp_path / "toy.jsonl"
+    path.write_text('{"question": "1+1=?", "answer": "2"}\n')
+    first = utils.load_test_set("toy")
+    assert utils.load_test_set("toy") is first and first["test"]["answer"] == ["2"]
+    path.write_text('{"question": "1+1=?", "answer": "2"}\n{"question": "2+2=?", "answer": "4"}\n')
+    assert utils.load_test_set("toy")["test"]["answer"] == ["2", "4"]
+
+
 def test_missing_test_set_names_the_file_and_the_fix():
     with pytest.raises(FileNotFoundError, match=r"chains_op99\.jsonl.*python -m cogfm_hf.tasks export"):
         _utils().load_test_set("chains_op99")

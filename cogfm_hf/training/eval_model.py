@@ -1,10 +1,11 @@
 """The lm-eval model our evaluations run (`AnswerLineHFLM`): lm-eval's `hf` model with the same scores, faster.
 
 What it changes, each change exact (tests/test_evaluation.py holds the scores to the plain model's):
-- Greedy generations decode in batches across tasks (lm-eval batches each task apart: an in-loop evaluation of
+- Greedy generations decode together across tasks (lm-eval batches each task apart: an in-loop evaluation of
   20 items per task decoded batches of 20 rows), in a greedy loop of our own (`greedy_decode`) that drops each row
-  from the batch as soon as it is finished, so a batch costs what its rows write, not its longest row times its
-  size. Rows are sorted by context length as lm-eval sorts them, which keeps the prompts' left padding short.
+  from the batch as soon as it is finished and lets waiting rows join the running batch in its place, so the batch
+  stays full and the decoding steps are about the tokens written over the batch size, not each batch's longest
+  row. Rows are taken in lm-eval's order (longest context first).
 - A row is finished at its first complete answer line ("Answer: ...\n"; no scorer reads further), at one of its
   task's `until` strings, at end of text, or at its own `max_gen_toks`, as the plain model would stop it.
 - The KV cache grows by doubling a buffer instead of concatenating at every token (`growing_cache`).
