@@ -273,7 +273,8 @@ class GreedyBatch:
 
 
 # A batch takes in waiting rows once this share of its places is free: each intake is a prompt pass of its own, and
-# a batch kept full takes fewer decoding steps for the same tokens (a step costs about the same at 40 rows as at 96).
+# a batch kept full takes fewer decoding steps for the same tokens (at cogfm-tiny's size a step cost ~8 ms whatever
+# its rows plus ~0.18 ms a row; 1/8 decoded faster than 1/20, 1/4 or 1/2, docs/benchmarks.md).
 REFILL_SHARE = 1 / 8
 MIN_PADDING_TO_DROP = 16  # dropping a few columns would cost a copy of the cache for little attention saved
 
@@ -311,7 +312,7 @@ def greedy_decode(
 
 class AnswerLineHFLM(HFLM):
     """lm-eval's HF model (what `lm_eval --model hf` runs) with the same scores, faster: see the module docstring.
-    Greedy requests decode in batches across tasks (`greedy_decode`); sampled ones take lm-eval's path, each
+    Greedy requests of every task decode together (`greedy_decode`); sampled ones take lm-eval's path, each
     generation stopping at its answer line there too (`AnswerLineComplete`)."""
 
     @functools.cached_property
@@ -325,8 +326,9 @@ class AnswerLineHFLM(HFLM):
         return set() if ids is None else {ids} if isinstance(ids, int) else set(ids)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """HFLM.generate_until (lm-eval 0.4) with greedy requests of every task in shared batches: sorted by context
-        length (longest first, as lm-eval sorts), then budget, `batch_size` rows each, every row with its
+        """HFLM.generate_until (lm-eval 0.4) with greedy requests of every task decoded together: sorted by context
+        length (longest first, as lm-eval sorts), then budget, at most `batch_size` rows at a time, a waiting row
+        taking a finished one's place (`greedy_decode`), every row with its
         own `until`, budget and left truncation (lm-eval's: none unless its context exceeds max_length minus its
         budget; such requests, and sampled ones, take lm-eval's path)."""
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
